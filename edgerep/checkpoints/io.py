@@ -1,0 +1,78 @@
+"""Reading checkpoint files safely: tensors only, never code, with errors a user can act on."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import CheckpointError
+
+# Keys under which training scripts commonly nest the weights (timm, the original repos, Lightning...).
+_NESTED_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "net", "module")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, object]:
+    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line ``CheckpointError``.
+
+    A pickle that holds code (or any object beyond tensors, containers and primitives) is refused by
+    the weights-only unpickler before anything in it runs.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist; check the path")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a directory; pass the .pt/.pth file inside it")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {p} is empty (0 bytes); re-copy or re-save it")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
+        raise CheckpointError(
+            f"checkpoint {p} holds Python objects, not just tensors ({detail or 'rejected by the weights-only loader'});"
+            " edgerep never unpickles code: re-save it with torch.save(model.state_dict(), path)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {p} is truncated or corrupt ({msg[:160]}); re-download or re-save it"
+        ) from None
+    if isinstance(obj, dict):
+        return obj
+    raise CheckpointError(
+        f"checkpoint {p} holds a {type(obj).__name__}, not a dict of tensors; save model.state_dict() instead"
+    )
+
+
+def extract_state_dict(obj: dict[str, object], path: str | Path = "<checkpoint>") -> dict[str, Tensor]:
+    """The tensor dict inside a checkpoint: unwraps common nesting and DataParallel's ``module.`` prefix."""
+    sd: object = obj
+    while isinstance(sd, dict) and not _is_tensor_dict(sd):
+        inner = next((sd[k] for k in _NESTED_KEYS if isinstance(sd.get(k), dict)), None)
+        if inner is None:
+            break
+        sd = inner
+    if not isinstance(sd, dict) or not _is_tensor_dict(sd):
+        keys = ", ".join(list(obj)[:8])
+        raise CheckpointError(
+            f"checkpoint {path} has no state dict (top-level keys: {keys}); expected a dict of tensors"
+            f" or one nested under {'/'.join(_NESTED_KEYS)}"
+        )
+    tensors = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a checkpoint file and return its state dict (see ``read_checkpoint``)."""
+    return extract_state_dict(read_checkpoint(path), path)
+
+
+def _is_tensor_dict(d: dict) -> bool:
+    return bool(d) and sum(isinstance(v, Tensor) for v in d.values()) >= max(1, len(d) // 2)
