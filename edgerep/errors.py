@@ -25,9 +25,16 @@ class MissingDependencyError(BadInputError):
 
 
 class VerificationError(EdgerepError):
-    """A converted or exported model does not compute what its source computes (exit 1)."""
+    """A converted or exported model does not compute what its source computes (exit 1).
+
+    ``report`` carries the full evidence (every check), so callers can show more than the one line.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 def require(module: str, extra: str):

@@ -1,0 +1,193 @@
+"""The ``edgerep`` command: parse arguments, call ``edgerep.api``, print tables or JSON, map errors to exit codes.
+
+Exit codes: 0 done, 1 verification failed, 2 bad input (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import EdgerepError, VerificationError
+
+EPILOG_DEPLOY = """\
+examples:
+  edgerep deploy                                   # the shipped default model and photos
+  edgerep deploy repvgg_a0 -c repvgg_a0.pth -o repvgg_a0_deploy.pt
+  edgerep deploy repvgg_a0 -c RepVGG-A0-train.pth --layout original --images photos/ --json
+
+The checkpoint may come from timm, from the original papers' repositories or from edgerep; its layout
+is detected from its keys (force one with --layout). It must be in training form: a deploy-form
+checkpoint is already fused (give it to `edgerep export`). The deploy checkpoint is written only when
+every check passes (relative error = max|deploy - train| / max|train| <= --rtol).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except VerificationError as exc:
+        if exc.report is not None and not getattr(args, "json", False):
+            from .report import format_deploy_report
+
+            print(format_deploy_report(exc.report))
+        elif exc.report is not None:
+            print(json.dumps({"ok": False, "error": str(exc), "report": exc.report.to_dict()}, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except EdgerepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgerep",
+        description="Re-parameterized CNNs from training checkpoint to verified phone artifact.",
+        epilog="Run `edgerep COMMAND --help` for each command's options and examples.",
+    )
+    p.add_argument("--version", action="version", version=f"edgerep {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    d = sub.add_parser(
+        "deploy",
+        help="fuse every re-param block into its deploy form and prove equivalence",
+        description="Load a training-form checkpoint, fuse every re-param block, verify the deploy form "
+        "against the training form (random inputs, real photos, the checkpoint's own reference outputs), "
+        "and write the deploy checkpoint.",
+        epilog=EPILOG_DEPLOY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("model", nargs="?", help="zoo model name (see `edgerep models`); default: the shipped demo model")
+    d.add_argument("-c", "--checkpoint", help="training-form checkpoint (.pt/.pth); default: the shipped demo checkpoint")
+    d.add_argument("-o", "--output", help="where to write the deploy checkpoint (atomically); omit to only verify")
+    d.add_argument(
+        "--layout", choices=["auto", "timm", "original", "edgerep"], default="auto",
+        help="key layout of the checkpoint (default: detected from its keys)",
+    )
+    d.add_argument("--images", help="folder of real photos for the check (default: the shipped CIFAR-10 sample)")
+    d.add_argument("--no-images", action="store_true", help="check on random inputs only")
+    d.add_argument("--rtol", type=float, default=1e-5, help="tolerated relative error (default: 1e-5, fp32)")
+    d.add_argument("--no-latency", action="store_true", help="skip the train-vs-deploy torch timing")
+    d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    d.set_defaults(func=_cmd_deploy)
+
+    m = sub.add_parser(
+        "models",
+        help="list zoo models with parameters and MACs in train and deploy form",
+        description="List the model zoo. Sizes are computed on PyTorch's meta device: no weights are allocated.",
+    )
+    m.add_argument("--family", help="only this family (e.g. repvgg, mobileone, repghostnet)")
+    m.add_argument("--json", action="store_true", help="print JSON on stdout")
+    m.set_defaults(func=_cmd_models)
+    return p
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from . import defaults
+    from .api import deploy_checkpoint
+    from .report import format_deploy_report
+
+    name, checkpoint = args.model, args.checkpoint
+    if name is None and checkpoint is None:
+        name, checkpoint = defaults.default_model_name(), str(defaults.default_model_path())
+    elif checkpoint is None:
+        raise _usage(f"give the checkpoint of {name} with --checkpoint PATH")
+    elif name is None:
+        from .checkpoints.load import checkpoint_model_name
+
+        name = checkpoint_model_name(checkpoint)
+    images, label = None, None
+    if not args.no_images:
+        images, label = _load_check_images(args.images, name, checkpoint)
+    _status(args, f"deploying {name} from {checkpoint}")
+    t0 = time.perf_counter()
+    result = deploy_checkpoint(
+        name,
+        checkpoint,
+        output=args.output,
+        layout=None if args.layout == "auto" else args.layout,
+        rtol=args.rtol,
+        images=images,
+        images_label=label or "real images",
+        latency=not args.no_latency,
+    )
+    if args.json:
+        print(json.dumps({
+            "ok": True,
+            "model": name,
+            "checkpoint": str(checkpoint),
+            "layout": result.source.layout,
+            "sha256": result.source.sha256,
+            "output": str(result.output) if result.output else None,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "report": result.report.to_dict(),
+        }, indent=2))
+        return 0
+    print(f"{name}: checkpoint {checkpoint} (layout {result.source.layout}, {result.source.form} form)")
+    print(format_deploy_report(result.report))
+    if result.output:
+        print(f"wrote {result.output}")
+    else:
+        print("verified only; add -o PATH to write the deploy checkpoint")
+    return 0
+
+
+def _load_check_images(folder: str | None, name: str, checkpoint: str):
+    """Real photos preprocessed at the model's input size; returns (tensor, label)."""
+    from . import defaults
+    from .checkpoints.load import checkpoint_preprocess
+    from .images import load_image_batch
+
+    path = Path(folder) if folder else defaults.default_images_dir()
+    pre = checkpoint_preprocess(name, checkpoint)
+    batch = load_image_batch(path, pre, limit=8)
+    return batch, f"{len(batch)} photos from {path.name}/"
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .report import human, table
+    from .zoo_summary import summarize_zoo
+
+    rows = summarize_zoo(args.family)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(
+        table(
+            ["model", "family", "input", "params train", "params deploy", "MACs train", "MACs deploy", "blocks"],
+            [
+                (r["name"], r["family"], "x".join(map(str, r["input_size"])), human(r["params_train"]),
+                 human(r["params_deploy"]), human(r["macs_train"]), human(r["macs_deploy"]), r["blocks"])
+                for r in rows
+            ],
+            right={3, 4, 5, 6, 7},
+        )
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace, msg: str) -> None:
+    print(msg + " ...", file=sys.stderr, flush=True)
+
+
+def _usage(msg: str) -> EdgerepError:
+    from .errors import BadInputError
+
+    return BadInputError(msg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

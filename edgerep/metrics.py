@@ -1,0 +1,94 @@
+"""Size and cost of a model: parameters, multiply-accumulates, graph nodes, and torch latency.
+
+MACs count what dominates a CNN on a phone (convolutions and fully connected layers, per image);
+elementwise ops and normalisation are left out, which is why a deploy form's MACs can be compared
+with its train form's to see what fusion saved. Everything but latency also works on the ``meta``
+device, so ``edgerep models`` sizes every zoo model without allocating or computing weights.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["count_params", "count_macs", "count_nodes", "measure_latency"]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
+    """MACs of one forward pass on a single image of ``input_size`` (C, H, W)."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out: Tensor) -> None:
+        nonlocal total
+        kh, kw = m.kernel_size
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw
+
+    def linear_hook(m: nn.Linear, inp, _out) -> None:
+        nonlocal total
+        total += inp[0].numel() // inp[0].shape[-1] // inp[0].shape[0] * m.in_features * m.out_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    try:
+        model(torch.zeros(1, *input_size, device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def count_nodes(model: nn.Module) -> Counter[str] | None:
+    """Operations of the traced graph by kind (module class or function name); None if untraceable.
+
+    This is the "node count" a deploy form is judged by: a fused RepVGG must trace to exactly the
+    plain VGG's convs and activations, with no BatchNorm and no add left.
+    """
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # data-dependent control flow: the model is still valid, just not FX-traceable
+        return None
+    modules = dict(model.named_modules())
+    kinds: Counter[str] = Counter()
+    for node in graph.nodes:
+        if node.op == "call_module":
+            kinds[type(modules[node.target]).__name__] += 1
+        elif node.op in ("call_function", "call_method"):
+            kinds[getattr(node.target, "__name__", str(node.target))] += 1
+    return kinds
+
+
+@torch.no_grad()
+def measure_latency(
+    models: dict[str, nn.Module], x: Tensor, *, rounds: int = 7, per_round: int = 3, warmup: int = 2
+) -> dict[str, float]:
+    """Median wall time (ms) of ``model(x)`` for each model, measured in interleaved rounds.
+
+    Interleaving (A, B, A, B, ...) spreads this machine's noise over every model alike, so the ratio
+    of two medians from one call is meaningful even when the absolute numbers drift.
+    """
+    for m in models.values():
+        for _ in range(warmup):
+            m(x)
+    samples: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, m in models.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                m(x)
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}

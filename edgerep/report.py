@@ -1,0 +1,69 @@
+"""Plain-text tables for the terminal (no dependency: CI logs and ssh sessions read them too)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .verify import DeployReport
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] = frozenset()) -> str:
+    """A column-aligned table; columns whose index is in ``right`` are right-aligned (numbers)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+
+
+def human(n: float | None, unit: str = "") -> str:
+    """1234567 -> '1.23M' (metric prefixes, three significant digits)."""
+    if n is None:
+        return "n/a"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+
+
+def format_deploy_report(report: DeployReport) -> str:
+    fused = ", ".join(f"{k} x{v}" for k, v in sorted(report.blocks_fused.items())) or "none (already plain)"
+    out = [f"fused blocks: {fused}", ""]
+    out.append(
+        table(
+            ["form", "inputs", "compared with", "max abs err", "rel err", "status"],
+            [
+                (c.form, c.inputs, c.reference, f"{c.max_abs:.3g}", f"{c.rel:.3g}", "ok" if c.passed else "FAIL")
+                for c in report.checks
+            ],
+            right={3, 4},
+        )
+    )
+    t, d = report.train, report.deploy
+    rows = [
+        ("parameters", human(t.params), human(d.params), _ratio(d.params, t.params)),
+        ("MACs / image", human(t.macs), human(d.macs), _ratio(d.macs, t.macs)),
+        ("graph nodes", t.node_total if t.nodes is not None else "n/a", d.node_total if d.nodes is not None else "n/a", _nodes_note(d.nodes)),
+    ]
+    if t.latency_ms is not None and d.latency_ms is not None:
+        speed = f"{t.latency_ms / d.latency_ms:.2f}x faster" if d.latency_ms > 0 else ""
+        rows.append(("torch latency (batch 1, median)", f"{t.latency_ms:.2f} ms", f"{d.latency_ms:.2f} ms", speed))
+    size = "x".join(str(s) for s in report.input_size)
+    out += ["", table([f"input {size}", "train form", "deploy form", ""], rows, right={1, 2})]
+    verdict = "PASS" if report.passed else "FAIL"
+    out += ["", f"{verdict}: worst relative error {report.worst_rel:.3g} (tolerance {report.rtol:g})"]
+    return "\n".join(out)
+
+
+def _ratio(new: int, old: int) -> str:
+    return f"{(new - old) / old:+.1%}" if old else ""
+
+
+def _nodes_note(nodes: dict[str, int] | None) -> str:
+    if not nodes:
+        return ""
+    main = sorted(nodes.items(), key=lambda kv: -kv[1])[:4]
+    return ", ".join(f"{k} {v}" for k, v in main)
