@@ -6,20 +6,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from .checkpoints.io import read_checkpoint
-from .checkpoints.load import LoadInfo, load_model, save_checkpoint
+from .checkpoints.load import LoadInfo, load_model, save_checkpoint, sha256_file
 from .errors import BadInputError, VerificationError
+from .images import Preprocess, list_images, load_images
 from .reparam import count_blocks, reparameterize
 from .verify import DEFAULT_RTOL, DeployReport, verify_deploy
 from .zoo import get_spec
 
-__all__ = ["deploy", "deploy_checkpoint", "DeployResult", "load_model"]
+__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "load_model", "preprocess_of"]
 
 
 def deploy(
@@ -29,6 +30,7 @@ def deploy(
     input_size: tuple[int, int, int] = (3, 224, 224),
     rtol: float = DEFAULT_RTOL,
     images: Tensor | None = None,
+    images_label: str = "real images",
     references: list[tuple[str, Tensor, Tensor]] = (),
     latency: bool = True,
     train_mode: str = "fix",
@@ -48,6 +50,7 @@ def deploy(
         blocks_fused=blocks,
         rtol=rtol,
         images=images,
+        images_label=images_label,
         references=references,
         latency=latency,
     )
@@ -70,60 +73,90 @@ class DeployResult:
 
 
 def deploy_checkpoint(
-    name: str,
+    name: str | None,
     checkpoint: str | Path,
     *,
     output: str | Path | None = None,
     layout: str | None = None,
     rtol: float = DEFAULT_RTOL,
-    images: Tensor | None = None,
-    images_label: str = "real images",
+    images: str | Path | None = None,
+    n_images: int = 8,
     latency: bool = True,
 ) -> DeployResult:
     """Load a train-form checkpoint in any known layout, deploy it, verify, and write the deploy checkpoint.
 
-    Reference outputs stored in the checkpoint file (``input`` with ``output_train`` / ``output_deploy``,
-    as the fixtures of other projects carry them) become checks too. Nothing is written unless every
-    check passes; the file appears atomically.
+    ``name`` may be None for edgerep checkpoints (their meta names the model). ``images`` is a folder of
+    real photos for the check. Reference outputs stored in the checkpoint file (``input`` with
+    ``output_train`` / ``output_deploy``, as the fixtures of other projects carry them) become checks
+    too. Nothing is written unless every check passes; the file appears atomically.
     """
     if output is not None:
         _check_writable(Path(output))
-    model, info = load_model(name, checkpoint, layout=layout, form="train")
-    input_size = _input_size(name, info)
-    references = _references(checkpoint)
+    obj = read_checkpoint(checkpoint)
+    name = name or model_name_of(obj, checkpoint)
+    model, info = load_model(name, obj, layout=layout, form="train", where=str(checkpoint))
+    info = replace(info, path=Path(checkpoint), sha256=sha256_file(checkpoint))
+    pre = preprocess_of(name, obj)
+    photos, label = (None, "")
+    if images is not None:
+        photos, label = _sample_images(images, pre, n_images)
     deployed, report = deploy(
         model,
         name=name,
-        input_size=input_size,
+        input_size=(3, *pre.size),
         rtol=rtol,
-        images=_fit_images(images, input_size),
-        references=references,
+        images=photos,
+        images_label=label,
+        references=_references(obj),
         latency=latency,
     )
-    if images is not None:
-        for c in report.checks:
-            c.inputs = c.inputs.replace("real images", images_label)
     out = None
     if output is not None:
-        out = Path(output)
-        save_checkpoint(
-            out,
-            deployed,
-            model=name,
-            form="deploy",
-            num_classes=info.num_classes,
-            extra={"source_sha256": info.sha256, "source_layout": info.layout, "worst_rel": report.worst_rel},
-        )
+        meta = checkpoint_meta(obj)
+        extra = {k: v for k, v in meta.items() if k in _CARRIED_META}
+        extra.update(source_sha256=info.sha256, source_layout=info.layout, worst_rel=report.worst_rel)
+        out = save_checkpoint(output, deployed, model=name, form="deploy", num_classes=info.num_classes, extra=extra)
     return DeployResult(deployed, report, info, out)
 
 
-def _input_size(name: str, info: LoadInfo) -> tuple[int, int, int]:
-    size = getattr(info, "input_size", None)
-    return tuple(size) if size else get_spec(name).input_size
+# What a deploy checkpoint keeps from its train-form source: what export and eval need later.
+_CARRIED_META = ("input_size", "mean", "std", "labels", "crop_pct")
 
 
-def _references(checkpoint: str | Path) -> list[tuple[str, Tensor, Tensor]]:
-    obj = read_checkpoint(checkpoint)
+def checkpoint_meta(obj: dict) -> dict:
+    meta = obj.get("meta")
+    return meta if isinstance(meta, dict) else {}
+
+
+def model_name_of(obj: dict, where: str | Path) -> str:
+    """The zoo name an edgerep checkpoint records; other layouts need it from the user."""
+    name = checkpoint_meta(obj).get("model")
+    if isinstance(name, str) and name:
+        return name
+    raise BadInputError(
+        f"checkpoint {where} does not record its model; name it: edgerep deploy MODEL --checkpoint {where}"
+        " (see `edgerep models`)"
+    )
+
+
+def preprocess_of(name: str, obj: dict | None = None) -> Preprocess:
+    """Input geometry and normalisation: the checkpoint's own record first, else the zoo's defaults."""
+    spec = get_spec(name)
+    meta = checkpoint_meta(obj or {})
+    input_size = meta.get("input_size", spec.input_size)
+    crop_pct = meta.get("crop_pct", 0.875 if min(input_size[1:]) >= 128 else 1.0)
+    return Preprocess.for_input(input_size, meta.get("mean", spec.mean), meta.get("std", spec.std), crop_pct)
+
+
+def _sample_images(folder: str | Path, pre: Preprocess, n: int) -> tuple[Tensor, str]:
+    """``n`` photos spread evenly over the folder (so every class is likely represented)."""
+    items = list_images(folder)
+    step = max(1, len(items.files) // n)
+    files = items.files[::step][:n]
+    return load_images(files, pre).images, f"{len(files)} photos from {Path(folder).name}/"
+
+
+def _references(obj: dict) -> list[tuple[str, Tensor, Tensor]]:
     x = obj.get("input")
     if not isinstance(x, Tensor):
         return []
@@ -134,21 +167,12 @@ def _references(checkpoint: str | Path) -> list[tuple[str, Tensor, Tensor]]:
     return refs
 
 
-def _fit_images(images: Tensor | None, input_size: tuple[int, int, int]) -> Tensor | None:
-    """Real images at the model's input size (the shipped photos are small; models may be 224 px)."""
-    if images is None or tuple(images.shape[1:]) == tuple(input_size):
-        return images
-    return torch.nn.functional.interpolate(images, size=input_size[1:], mode="bilinear", align_corners=False)
-
-
 def _check_writable(path: Path) -> None:
     """Fail before the slow work, not after it: the output folder must exist and be writable."""
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if path.is_dir():
         raise BadInputError(f"output {path} is a directory; give a file name such as {path / 'deploy.pt'}")
     if not parent.is_dir():
         raise BadInputError(f"output folder {parent} does not exist; create it or choose another -o path")
-    import os
-
     if not os.access(parent, os.W_OK):
         raise BadInputError(f"output folder {parent} is not writable; choose another -o path")

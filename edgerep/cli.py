@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import EdgerepError, VerificationError
+from .errors import BadInputError, EdgerepError, VerificationError
 
 EPILOG_DEPLOY = """\
 examples:
@@ -104,15 +104,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     if name is None and checkpoint is None:
         name, checkpoint = defaults.default_model_name(), str(defaults.default_model_path())
     elif checkpoint is None:
-        raise _usage(f"give the checkpoint of {name} with --checkpoint PATH")
-    elif name is None:
-        from .checkpoints.load import checkpoint_model_name
-
-        name = checkpoint_model_name(checkpoint)
-    images, label = None, None
-    if not args.no_images:
-        images, label = _load_check_images(args.images, name, checkpoint)
-    _status(args, f"deploying {name} from {checkpoint}")
+        raise BadInputError(f"give the checkpoint of {name} with --checkpoint PATH (see `edgerep deploy --help`)")
+    images = None if args.no_images else (args.images or defaults.default_images_dir())
+    _status(f"deploying {name + ' from ' if name else ''}{checkpoint}")
     t0 = time.perf_counter()
     result = deploy_checkpoint(
         name,
@@ -121,40 +115,25 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         layout=None if args.layout == "auto" else args.layout,
         rtol=args.rtol,
         images=images,
-        images_label=label or "real images",
         latency=not args.no_latency,
     )
+    src = result.source
     if args.json:
         print(json.dumps({
             "ok": True,
-            "model": name,
+            "model": src.model,
             "checkpoint": str(checkpoint),
-            "layout": result.source.layout,
-            "sha256": result.source.sha256,
+            "layout": src.layout,
+            "sha256": src.sha256,
             "output": str(result.output) if result.output else None,
             "seconds": round(time.perf_counter() - t0, 2),
             "report": result.report.to_dict(),
         }, indent=2))
         return 0
-    print(f"{name}: checkpoint {checkpoint} (layout {result.source.layout}, {result.source.form} form)")
+    print(f"{src.model}: {checkpoint} (layout {src.layout}, {src.form} form, {src.num_classes} classes)")
     print(format_deploy_report(result.report))
-    if result.output:
-        print(f"wrote {result.output}")
-    else:
-        print("verified only; add -o PATH to write the deploy checkpoint")
+    print(f"wrote {result.output}" if result.output else "verified only; add -o PATH to write the deploy checkpoint")
     return 0
-
-
-def _load_check_images(folder: str | None, name: str, checkpoint: str):
-    """Real photos preprocessed at the model's input size; returns (tensor, label)."""
-    from . import defaults
-    from .checkpoints.load import checkpoint_preprocess
-    from .images import load_image_batch
-
-    path = Path(folder) if folder else defaults.default_images_dir()
-    pre = checkpoint_preprocess(name, checkpoint)
-    batch = load_image_batch(path, pre, limit=8)
-    return batch, f"{len(batch)} photos from {path.name}/"
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -179,14 +158,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace, msg: str) -> None:
+def _status(msg: str) -> None:
     print(msg + " ...", file=sys.stderr, flush=True)
-
-
-def _usage(msg: str) -> EdgerepError:
-    from .errors import BadInputError
-
-    return BadInputError(msg)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ from hypothesis import HealthCheck, settings
 from edgerep.numerics import output_error, randomize_bn
 from edgerep.reparam import reparameterize
 
+# One thread: on this 2-core machine, shared with other work, two threads make tiny convs ~1000x slower.
+torch.set_num_threads(1)
+
 settings.register_profile(
     "edgerep", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pickle
-import zipfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,19 +29,22 @@ def read_checkpoint(path: str | Path) -> dict[str, object]:
     if p.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes); re-copy or re-save it")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads fine
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "GLOBAL" in ln or "Unsupported" in ln), "")
-        raise CheckpointError(
-            f"checkpoint {p} holds Python objects, not just tensors ({detail or 'rejected by the weights-only loader'});"
-            " edgerep never unpickles code: re-save it with torch.save(model.state_dict(), path)"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {p} is truncated or corrupt ({msg[:160]}); re-download or re-save it"
-        ) from None
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        blocked = next((ln for ln in lines if "GLOBAL" in ln), None)
+        if blocked is not None:
+            raise CheckpointError(
+                f"checkpoint {p} holds Python objects, not just tensors ({_global_name(blocked)});"
+                " edgerep never unpickles code: re-save it with torch.save(model.state_dict(), path)"
+            ) from None
+        why = next((ln for ln in lines if ln.startswith(("Unsupported", "invalid load key"))), "unreadable")
+        raise _unreadable(p, why) from None
+    except Exception as exc:  # the weights-only unpickler meets garbage with any error (IndexError, KeyError...)
+        lines = str(exc).strip().splitlines()
+        raise _unreadable(p, f"{type(exc).__name__}: {lines[0][:160]}" if lines else type(exc).__name__) from None
     if isinstance(obj, dict):
         return obj
     raise CheckpointError(
@@ -52,9 +55,10 @@ def read_checkpoint(path: str | Path) -> dict[str, object]:
 def extract_state_dict(obj: dict[str, object], path: str | Path = "<checkpoint>") -> dict[str, Tensor]:
     """The tensor dict inside a checkpoint: unwraps common nesting and DataParallel's ``module.`` prefix."""
     sd: object = obj
-    while isinstance(sd, dict) and not _is_tensor_dict(sd):
+    # A known nested dict wins even beside top-level tensors (files that also store inputs/outputs).
+    while isinstance(sd, dict):
         inner = next((sd[k] for k in _NESTED_KEYS if isinstance(sd.get(k), dict)), None)
-        if inner is None:
+        if inner is None or (_is_tensor_dict(sd) and not _is_tensor_dict(inner)):
             break
         sd = inner
     if not isinstance(sd, dict) or not _is_tensor_dict(sd):
@@ -76,3 +80,17 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 def _is_tensor_dict(d: dict) -> bool:
     return bool(d) and sum(isinstance(v, Tensor) for v in d.values()) >= max(1, len(d) // 2)
+
+
+def _unreadable(p: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {p} is not a readable PyTorch checkpoint ({why}): corrupt, truncated, or not written by"
+        " torch.save; re-download or re-save it"
+    )
+
+
+def _global_name(line: str) -> str:
+    """'... GLOBAL posix.system whose ...' -> 'refused global posix.system'."""
+    words = line.replace("`", " ").split()
+    i = words.index("GLOBAL") if "GLOBAL" in words else -1
+    return f"refused global {words[i + 1]}" if 0 <= i < len(words) - 1 else "refused by the weights-only loader"

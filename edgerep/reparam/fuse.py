@@ -106,6 +106,9 @@ def add_branches(branches: Iterable[KernelBias]) -> KernelBias:
     branches = list(branches)
     if not branches:
         raise ValueError("no branches to add")
+    shapes = {(tuple(b.kernel.shape[:2]), tuple(b.bias.shape)) for b in branches}
+    if len(shapes) > 1:
+        raise ValueError(f"branches disagree on (out, in/groups) kernel dims or bias shape: {sorted(shapes)}")
     kh = max(b.kernel.shape[-2] for b in branches)
     kw = max(b.kernel.shape[-1] for b in branches)
     kernel = sum(pad_kernel(b.kernel, (kh, kw)) for b in branches)
@@ -126,6 +129,8 @@ def merge_sequential(first: KernelBias, second: KernelBias, groups: int = 1) -> 
     if w1.shape[-2:] != (1, 1):
         raise ValueError(f"merge_sequential needs a 1x1 first conv, got {tuple(w1.shape[-2:])}")
     mid = w1.shape[0]
+    if w2.shape[0] % groups or mid % groups:
+        raise ValueError(f"groups ({groups}) must divide both convs' output channels ({mid}, {w2.shape[0]})")
     if w2.shape[1] * groups != mid:
         raise ValueError(f"channel mismatch: first gives {mid} channels, second takes {w2.shape[1]}x{groups}")
     if groups == 1:
@@ -161,7 +166,11 @@ def avg_pool_kernel(
 
 
 def concat_branches(branches: Iterable[KernelBias]) -> KernelBias:
-    """Branches whose outputs are concatenated along channels: concatenate kernels along ``out``."""
+    """Branches whose outputs are concatenated along channels: concatenate kernels along ``out``.
+
+    With groups > 1 the result is a grouped conv only when each piece is one group's whole output
+    block, in group order (as DBB builds it); pieces that each span all groups do not concatenate.
+    """
     branches = list(branches)
     return KernelBias(torch.cat([b.kernel for b in branches]), torch.cat([b.bias for b in branches]))
 

@@ -1,0 +1,123 @@
+"""MobileOne: the block fuses exactly; the zoo models are timm's, in train and deploy form."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import REL_TOL_FP32, assert_fuses_exactly, shared_path
+from edgerep.numerics import output_error
+from edgerep.reparam import count_blocks, reparameterize
+from edgerep.reparam.blocks.mobileone import MobileOneBlock
+from edgerep.zoo import create_model, list_models
+from edgerep.zoo.mobileone import CFGS, SEModule
+
+
+@given(
+    groups=st.sampled_from([1, 2, 4]),
+    per_group_in=st.integers(1, 4),
+    out_mult=st.sampled_from([1, 2]),
+    stride=st.sampled_from([1, 2]),
+    dilation=st.sampled_from([1, 2]),
+    kernel=st.sampled_from([1, 3, 5]),
+    num_branches=st.integers(1, 4),
+    depthwise=st.booleans(),
+    se=st.booleans(),
+    hw=st.tuples(st.integers(5, 10), st.integers(5, 10)),
+)
+def test_mobileone_fuses_exactly(
+    groups, per_group_in, out_mult, stride, dilation, kernel, num_branches, depthwise, se, hw
+):
+    cin = groups * per_group_in
+    if depthwise:
+        groups, cin = cin, cin
+    cout = cin * out_mult
+    attn = SEModule(cout) if se else None
+    block = MobileOneBlock(cin, cout, kernel, stride, dilation, groups, num_branches, attn=attn)
+    assert len(block.conv_kxk) == num_branches
+    assert (block.conv_scale is None) == (kernel == 1)
+    assert (block.identity is not None) == (cin == cout and stride == 1)
+    assert_fuses_exactly(block, torch.randn(2, cin, *hw))
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=4), dict(num_branches=0)])
+def test_unsupported_configurations_raise(kwargs):
+    with pytest.raises(ValueError):
+        MobileOneBlock(4, 4, **kwargs)
+
+
+def test_block_deploy_form_is_one_conv_named_like_timm():
+    block = MobileOneBlock(8, 8, 3, groups=8, num_branches=4, attn=SEModule(8)).eval()
+    fused = reparameterize(block)
+    assert {n for n, _ in fused.named_parameters()} == {
+        "reparam_conv.weight", "reparam_conv.bias",
+        "attn.fc1.weight", "attn.fc1.bias", "attn.fc2.weight", "attn.fc2.bias",
+    }
+    assert fused.reparam_conv.groups == 8 and fused.reparam_conv.padding == (1, 1)
+
+
+# Parameter counts of timm 1.0.31's models (train form; deploy form for S0): they pin the architecture data.
+TIMM_PARAMS = {
+    "mobileone_s0": 5293272,
+    "mobileone_s1": 4825192,
+    "mobileone_s2": 7884648,
+    "mobileone_s3": 10170600,
+    "mobileone_s4": 14951248,
+}
+TIMM_S0_DEPLOY_PARAMS = 2078504
+
+
+def test_zoo_variants_match_timm_sizes():
+    assert list_models("mobileone") == sorted(TIMM_PARAMS)
+    for name, n_params in TIMM_PARAMS.items():
+        with torch.device("meta"):  # shapes only: skips the weight init
+            model = create_model(name)
+        assert sum(p.numel() for p in model.parameters()) == n_params, name
+    assert create_model("mobileone_s0", num_classes=10).head.fc.out_features == 10
+
+
+def timm_deploy_keys(train_keys):
+    """timm's ``reparameterize_model`` keeps ``attn``, drops every branch and adds ``reparam_conv``."""
+    branch = (".conv_kxk.", ".conv_scale.", ".identity.")
+    keys = {k for k in train_keys if not any(b in k for b in branch)}
+    for k in train_keys:
+        if ".conv_kxk.0.conv.weight" in k:
+            prefix = k.split(".conv_kxk.")[0]
+            keys |= {f"{prefix}.reparam_conv.weight", f"{prefix}.reparam_conv.bias"}
+    return keys
+
+
+@pytest.fixture(scope="module")
+def timm_s0():
+    ckpt = torch.load(shared_path("fixtures", "checkpoints", "timm_mobileone_s0.pt"), weights_only=True)
+    model = create_model("mobileone_s0").eval()
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    with torch.no_grad():
+        out_train = model(ckpt["input"])
+        deploy = reparameterize(model, inplace=True)  # the train form is not needed any more
+        out_deploy = deploy(ckpt["input"])
+    return ckpt, deploy, out_train, out_deploy
+
+
+def test_timm_checkpoint_computes_timm_outputs(timm_s0):
+    ckpt, _, out_train, out_deploy = timm_s0
+    assert output_error(ckpt["output_train"], out_train).rel <= REL_TOL_FP32
+    assert output_error(ckpt["output_deploy"], out_deploy).rel <= REL_TOL_FP32
+
+
+def test_deploy_model_has_timm_deploy_layout(timm_s0):
+    ckpt, deploy, _, _ = timm_s0
+    assert count_blocks(deploy) == {}
+    sd = deploy.state_dict()
+    assert set(sd) == timm_deploy_keys(ckpt["state_dict"])
+    assert "stages.0.0.reparam_conv.weight" in sd and "stem.reparam_conv.bias" in sd
+    assert sum(p.numel() for p in deploy.parameters()) == TIMM_S0_DEPLOY_PARAMS
+
+
+def test_deploy_graph_is_plain(timm_s0):
+    _, deploy, _, _ = timm_s0
+    gm = torch.fx.symbolic_trace(deploy)
+    mods = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in mods)
+    n_blocks = 1 + 2 * sum(CFGS["mobileone_s0"].depths)  # stem + (dw, pw) pairs: one conv each
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in mods) == n_blocks == 43
