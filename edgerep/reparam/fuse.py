@@ -11,7 +11,7 @@ Conventions: a kernel has the PyTorch layout ``(out, in // groups, kh, kw)``; a 
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ __all__ = [
     "scale_kernel",
     "conv_kernel_bias",
     "make_conv",
+    "pair",
+    "ConvGeometry",
 ]
 
 
@@ -73,7 +75,7 @@ def identity_kernel(
     that column is what makes grouped and depthwise identities right. Odd kernel sizes only (the centre
     must exist); the conv that uses it needs stride 1 and "same" padding.
     """
-    kh, kw = _pair(kernel_size)
+    kh, kw = pair(kernel_size)
     if kh % 2 == 0 or kw % 2 == 0:
         raise ValueError(f"identity kernel needs odd kernel sizes, got {kh}x{kw}")
     if channels % groups:
@@ -91,7 +93,7 @@ def pad_kernel(kernel: Tensor, size: int | tuple[int, int]) -> Tensor:
     Valid only when both convs are centred on the same pixel, i.e. padding = (k // 2) * dilation for each,
     and share stride and dilation: the branch sum is then exact.
     """
-    th, tw = _pair(size)
+    th, tw = pair(size)
     kh, kw = kernel.shape[-2:]
     dh, dw = th - kh, tw - kw
     if dh < 0 or dw < 0 or dh % 2 or dw % 2:
@@ -186,7 +188,18 @@ def conv_kernel_bias(conv: nn.Conv2d) -> KernelBias:
     return KernelBias(conv.weight, bias)
 
 
-def make_conv(kb: KernelBias, like: nn.Conv2d, **override) -> nn.Conv2d:
+class ConvGeometry(Protocol):
+    """What ``make_conv`` copies from its template: an ``nn.Conv2d`` or a block that stores the same fields."""
+
+    in_channels: int
+    stride: tuple[int, int]
+    padding: tuple[int, int] | str
+    dilation: tuple[int, int]
+    groups: int
+    padding_mode: str
+
+
+def make_conv(kb: KernelBias, like: ConvGeometry, **override) -> nn.Conv2d:
     """The deploy conv: geometry (stride, padding, dilation, groups) of ``like``, weights from ``kb``.
 
     ``like`` is the branch that defines the block's geometry (its largest kernel); ``override`` replaces
@@ -212,5 +225,6 @@ def make_conv(kb: KernelBias, like: nn.Conv2d, **override) -> nn.Conv2d:
     return conv
 
 
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+def pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    """``3 -> (3, 3)``; a pair stays a pair (conv arguments come in both forms)."""
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))

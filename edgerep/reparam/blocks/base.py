@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fuse import KernelBias, fold_bn, make_conv
+from ..fuse import ConvGeometry, KernelBias, fold_bn, make_conv
 
 
 class ReparamBlock(nn.Module):
@@ -78,7 +78,7 @@ class FusedConv(nn.Module):
         return x
 
 
-def deploy_conv(kb: KernelBias, like: nn.Conv2d, **override) -> nn.Conv2d:
+def deploy_conv(kb: KernelBias, like: ConvGeometry, **override) -> nn.Conv2d:
     """``make_conv`` with the kernel detached from the training graph (deploy weights are leaves)."""
     return make_conv(KernelBias(kb.kernel.detach(), kb.bias.detach()), like, **override)
 
