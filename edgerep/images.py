@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +35,7 @@ _RESAMPLING = {
 
 ImageSource = str | os.PathLike | Sequence[str | os.PathLike]
 Progress = Callable[[int, int], None]
-"""Called as ``progress(done, total)`` after each batch; plug in tqdm's ``update`` or a print."""
+"""Called as ``progress(decoded, total)`` as each batch is ready; wrap tqdm or a print in it."""
 
 
 @dataclass(frozen=True)
@@ -168,16 +169,22 @@ def iter_batches(
         arr = np.stack([read_image(f, pre) for f in files])
         images = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
         labels = None if items.labels is None else torch.tensor(items.labels[start : start + batch_size])
-        yield Batch(images if raw else normalize(images, pre), labels, files)
         if progress is not None:
             progress(start + len(files), total)
+        yield Batch(images if raw else normalize(images, pre), labels, files)
 
 
 def load_images(
     source: ImageSource | ImageList, pre: Preprocess, *, raw: bool = False, progress: Progress | None = None
 ) -> Batch:
-    """All images of ``source`` in one batch (see ``iter_batches`` for the lazy form)."""
+    """All images of ``source`` in one batch (see ``iter_batches`` for the lazy form); ``.npz`` files too."""
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() == ".npz":
+        if raw:
+            raise BadInputError(f"{source}: raw=True is for image files; an .npz is loaded normalized")
+        return load_npz(source, pre)
     batches = list(iter_batches(source, pre, 256, raw=raw, progress=progress))
+    if not batches:
+        raise BadInputError("no images to load (the image list is empty)")
     labels = None if batches[0].labels is None else torch.cat([b.labels for b in batches])
     return Batch(torch.cat([b.images for b in batches]), labels, [f for b in batches for f in b.files])
 
@@ -194,7 +201,7 @@ def load_npz(path: str | os.PathLike, pre: Preprocess | None = None) -> Batch:
     try:
         with np.load(p, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BadInputError(f"cannot read npz file {p} ({exc}); re-create it with numpy.savez") from None
     if "images" not in arrays:
         raise BadInputError(f"npz file {p} has no 'images' array (it has: {', '.join(arrays) or 'nothing'})")

@@ -14,6 +14,7 @@ from collections import Counter
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = ["count_params", "count_macs", "count_nodes", "measure_latency"]
 
@@ -24,32 +25,16 @@ def count_params(model: nn.Module) -> int:
 
 @torch.no_grad()
 def count_macs(model: nn.Module, input_size: tuple[int, ...]) -> int:
-    """MACs of one forward pass on a single image of ``input_size`` (C, H, W)."""
-    total = 0
+    """MACs of one forward pass on a single image of ``input_size`` (C, H, W).
 
-    def conv_hook(m: nn.Conv2d, _inp, out: Tensor) -> None:
-        nonlocal total
-        kh, kw = m.kernel_size
-        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * kh * kw
-
-    def linear_hook(m: nn.Linear, inp, _out) -> None:
-        nonlocal total
-        total += inp[0].numel() // inp[0].shape[-1] // inp[0].shape[0] * m.in_features * m.out_features
-
-    handles = []
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            handles.append(m.register_forward_hook(linear_hook))
+    Counted at the aten level (convolutions and matrix products), so functional convs inside blocks
+    (masked or refocused kernels) count too, not only ``nn.Conv2d`` modules.
+    """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    try:
+    with FlopCounterMode(display=False) as counter:
         model(torch.zeros(1, *input_size, device=device, dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    return counter.get_total_flops() // 2
 
 
 def count_nodes(model: nn.Module) -> Counter[str] | None:
