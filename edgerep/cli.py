@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from . import __version__
 from .errors import BadInputError, EdgerepError, VerificationError

@@ -43,7 +43,8 @@ class Preprocess:
     """Eval preprocessing: shorter side to ``resize``, center crop to ``size`` (H, W), then normalize.
 
     ``resize=None`` means "scale just enough to cover the crop" (for a square crop: shorter side to the
-    crop size, crop fraction 1), which is what small-input models like CIFAR ones want; ImageNet models use e.g. ``resize=256, size=224`` (see ``for_input``).
+    crop size, crop fraction 1), which is what small-input models like CIFAR ones want; ImageNet models
+    use e.g. ``resize=256, size=224`` (see ``for_input``).
     """
 
     size: tuple[int, int]

@@ -7,7 +7,9 @@ from typing import Sequence
 from .verify import DeployReport
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] = frozenset()) -> str:
+def table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] | frozenset[int] = frozenset()
+) -> str:
     """A column-aligned table; columns whose index is in ``right`` are right-aligned (numbers)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -46,7 +48,7 @@ def format_deploy_report(report: DeployReport) -> str:
     rows = [
         ("parameters", human(t.params), human(d.params), _ratio(d.params, t.params)),
         ("MACs / image", human(t.macs), human(d.macs), _ratio(d.macs, t.macs)),
-        ("graph nodes", t.node_total if t.nodes is not None else "n/a", d.node_total if d.nodes is not None else "n/a", _nodes_note(d.nodes)),
+        ("graph nodes", _or_na(t.node_total), _or_na(d.node_total), _nodes_note(d.nodes)),
     ]
     if t.latency_ms is not None and d.latency_ms is not None:
         speed = f"{t.latency_ms / d.latency_ms:.2f}x faster" if d.latency_ms > 0 else ""
@@ -56,6 +58,10 @@ def format_deploy_report(report: DeployReport) -> str:
     verdict = "PASS" if report.passed else "FAIL"
     out += ["", f"{verdict}: worst relative error {report.worst_rel:.3g} (tolerance {report.rtol:g})"]
     return "\n".join(out)
+
+
+def _or_na(n: int | None) -> int | str:
+    return "n/a" if n is None else n
 
 
 def _ratio(new: int, old: int) -> str:

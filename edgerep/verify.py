@@ -8,6 +8,7 @@ nodes and torch latency. A check passes when ``rel = max|deploy - ref| / max|ref
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +87,7 @@ def verify_deploy(
     batch_size: int = 2,
     images: Tensor | None = None,
     images_label: str = "real images",
-    references: list[tuple[str, Tensor, Tensor]] = (),
+    references: Sequence[tuple[str, Tensor, Tensor]] = (),
     latency: bool = True,
     seed: int = 0,
 ) -> DeployReport:

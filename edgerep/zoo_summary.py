@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from .errors import BadInputError
 from .metrics import count_macs, count_params
 from .reparam import count_blocks, reparameterize
 from .zoo import get_spec, list_models
 
 
 def summarize_model(name: str) -> dict:
+    """One row of ``edgerep models``: what fusing saves (parameters, MACs) and how many blocks it fuses."""
     spec = get_spec(name)
     with torch.device("meta"):
         model = spec.factory(num_classes=spec.num_classes).eval()
@@ -30,8 +32,6 @@ def summarize_model(name: str) -> dict:
 def summarize_zoo(family: str | None = None) -> list[dict]:
     names = list_models(family)
     if family and not names:
-        from .errors import BadInputError
-
         families = sorted({get_spec(n).family for n in list_models()})
         raise BadInputError(f"no models in family {family!r}; families: {', '.join(families)}")
     return [summarize_model(n) for n in names]

@@ -1,16 +1,20 @@
-"""Shared test helpers and the location of the team's shared fixtures."""
+"""Shared test helpers, hypothesis strategies for conv geometry, and the location of the team's shared fixtures."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from edgerep.numerics import output_error, randomize_bn
 from edgerep.reparam import reparameterize
+from edgerep.zoo import create_model
 
 # One thread: on this 2-core machine, shared with other work, two threads make tiny convs ~1000x slower.
 torch.set_num_threads(1)
@@ -57,3 +61,75 @@ def assert_fuses_exactly(block: torch.nn.Module, x: torch.Tensor, seed: int = 0)
             worst32 = err.rel
     block.float()
     return worst32
+
+
+# --- hypothesis strategies for conv geometry ------------------------------------------------------
+
+STRIDES = st.sampled_from([1, 2])
+ODD_KERNELS = st.sampled_from([1, 3, 5])
+
+
+def dilations(upto: int = 2) -> st.SearchStrategy[int]:
+    return st.sampled_from(range(1, upto + 1))
+
+
+def spatial(lo: int, hi: int) -> st.SearchStrategy[tuple[int, int]]:
+    """An input's (H, W), drawn independently: non-square maps catch height/width mix-ups."""
+    return st.tuples(st.integers(lo, hi), st.integers(lo, hi))
+
+
+@st.composite
+def grouped_channels(draw, groups: Sequence[int] = (1, 2, 4), max_per_group: int = 4) -> tuple[int, int]:
+    """``(channels, groups)`` of a dense, grouped or depthwise (``groups == channels``) conv.
+
+    Depthwise is drawn on its own because identity kernels go wrong there first: the identity column
+    ``o mod (channels / groups)`` is always 0.
+    """
+    g = draw(st.sampled_from(groups))
+    channels = g * draw(st.integers(1, max_per_group))
+    return (channels, channels) if draw(st.booleans()) else (channels, g)
+
+
+@st.composite
+def block_channels(draw, groups: Sequence[int] = (1, 2, 4), max_per_group: int = 4) -> tuple[int, int, int]:
+    """``(in, out, groups)`` with ``out`` = ``in`` or ``2 * in``, so identity branches both exist and vanish."""
+    cin, g = draw(grouped_channels(groups, max_per_group))
+    return cin, cin * draw(st.sampled_from([1, 2])), g
+
+
+def conv_out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """A conv's output length along one side (to skip inputs too small for any output)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# --- zoo models -------------------------------------------------------------------------------------
+
+
+def meta_model(name: str, **kwargs) -> torch.nn.Module:
+    """Structure only: on the meta device even the big variants cost no memory or init time."""
+    with torch.device("meta"):
+        return create_model(name, **kwargs)
+
+
+@dataclass
+class TimmRun:
+    """A timm checkpoint fixture run through our model: its outputs in both forms, and the deploy model."""
+
+    ckpt: dict
+    deploy: torch.nn.Module
+    out_train: torch.Tensor
+    out_deploy: torch.Tensor
+    train_convs: int
+
+
+def run_timm_fixture(name: str, fixture: str) -> TimmRun:
+    """Load ``fixture`` strictly into the zoo model ``name``, run its input in train form, fuse in place, run again."""
+    ckpt = torch.load(shared_path("fixtures", "checkpoints", fixture), weights_only=True)
+    model = create_model(name).eval()
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    train_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    with torch.no_grad():
+        out_train = model(ckpt["input"])
+        deploy = reparameterize(model, inplace=True)  # the train form is not needed any more
+        out_deploy = deploy(ckpt["input"])
+    return TimmRun(ckpt, deploy, out_train, out_deploy, train_convs)

@@ -9,32 +9,23 @@ from edgerep.reparam import reparameterize
 from edgerep.reparam.blocks.acb import ACBlock
 from edgerep.reparam.blocks.base import ReparamBlock
 from edgerep.reparam.blocks.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
-from conftest import assert_fuses_exactly
-
-
-def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, conv_out_size, dilations, spatial
 
 
 @given(
-    groups=st.sampled_from([1, 2]),
-    per_group_in=st.integers(1, 3),
-    out_mult=st.sampled_from([1, 2]),
-    depthwise=st.booleans(),
-    kernel=st.sampled_from([1, 3, 5]),
-    stride=st.sampled_from([1, 2]),
-    dilation=st.sampled_from([1, 2]),
+    channels=block_channels(groups=(1, 2), max_per_group=3),
+    kernel=ODD_KERNELS,
+    stride=STRIDES,
+    dilation=dilations(2),
     pad_delta=st.tuples(st.integers(-4, 2), st.integers(-4, 2)),
-    hw=st.tuples(st.integers(6, 12), st.integers(6, 12)),
+    hw=spatial(6, 12),
 )
-def test_acb_fuses_exactly(groups, per_group_in, out_mult, depthwise, kernel, stride, dilation, pad_delta, hw):
-    cin = groups * per_group_in
-    if depthwise:
-        groups = cin
+def test_acb_fuses_exactly(channels, kernel, stride, dilation, pad_delta, hw):
+    cin, cout, groups = channels
     reach = dilation * (kernel // 2)
     padding = tuple(max(reach + d, 0) for d in pad_delta)  # below, at and above "same": crop or pad
-    assume(all(_out_size(s, kernel, stride, p, dilation) >= 1 for s, p in zip(hw, padding)))
-    block = ACBlock(cin, cin * out_mult, kernel, stride, padding, dilation, groups)
+    assume(all(conv_out_size(s, kernel, stride, p, dilation) >= 1 for s, p in zip(hw, padding)))
+    block = ACBlock(cin, cout, kernel, stride, padding, dilation, groups)
     assert_fuses_exactly(block, torch.randn(2, cin, *hw))
 
 
@@ -58,22 +49,17 @@ def test_acb_refuses(kwargs, match):
 
 
 @given(
-    groups=st.sampled_from([1, 2]),
-    per_group_in=st.integers(1, 3),
-    out_mult=st.sampled_from([1, 2]),
-    depthwise=st.booleans(),
-    kernel=st.sampled_from([1, 3, 5]),
-    stride=st.sampled_from([1, 2]),
-    dilation=st.sampled_from([1, 2]),
+    channels=block_channels(groups=(1, 2), max_per_group=3),
+    kernel=ODD_KERNELS,
+    stride=STRIDES,
+    dilation=dilations(2),
     internal_mult=st.sampled_from([None, 1, 2]),
-    hw=st.tuples(st.integers(5, 10), st.integers(5, 10)),
+    hw=spatial(5, 10),
 )
-def test_dbb_fuses_exactly(groups, per_group_in, out_mult, depthwise, kernel, stride, dilation, internal_mult, hw):
-    cin = groups * per_group_in
-    if depthwise:
-        groups = cin
+def test_dbb_fuses_exactly(channels, kernel, stride, dilation, internal_mult, hw):
+    cin, cout, groups = channels
     internal = None if internal_mult is None else cin * internal_mult
-    block = DiverseBranchBlock(cin, cin * out_mult, kernel, stride, None, dilation, groups, internal)
+    block = DiverseBranchBlock(cin, cout, kernel, stride, None, dilation, groups, internal)
     assert_fuses_exactly(block, torch.randn(2, cin, *hw))
 
 

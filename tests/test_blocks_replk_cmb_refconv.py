@@ -9,11 +9,7 @@ from hypothesis import strategies as st
 from edgerep.reparam.blocks.cmb import CircularMaskBlock, circular_mask, default_radii
 from edgerep.reparam.blocks.refconv import RefConv
 from edgerep.reparam.blocks.replk import ReparamLargeKernelConv
-from conftest import assert_fuses_exactly
-
-
-def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, conv_out_size, dilations, spatial
 
 
 @given(
@@ -21,9 +17,9 @@ def _out_size(size: int, kernel: int, stride: int, padding: int, dilation: int) 
     out_mult=st.sampled_from([1, 2]),
     dense_groups=st.sampled_from([None, 1]),
     sizes=st.sampled_from([(7, 3), (9, 5), (13, 5), (5, 5), (3, 1)]),
-    stride=st.sampled_from([1, 2]),
-    dilation=st.sampled_from([1, 2]),
-    hw=st.tuples(st.integers(6, 14), st.integers(6, 14)),
+    stride=STRIDES,
+    dilation=dilations(2),
+    hw=spatial(6, 14),
 )
 def test_replk_fuses_exactly(channels, out_mult, dense_groups, sizes, stride, dilation, hw):
     large, small = sizes
@@ -48,24 +44,19 @@ def test_circular_masks():
 
 
 @given(
-    groups=st.sampled_from([1, 2]),
-    per_group_in=st.integers(1, 3),
-    out_mult=st.sampled_from([1, 2]),
-    depthwise=st.booleans(),
-    kernel=st.sampled_from([1, 3, 5]),
-    stride=st.sampled_from([1, 2]),
-    dilation=st.sampled_from([1, 2]),
+    channels=block_channels(groups=(1, 2), max_per_group=3),
+    kernel=ODD_KERNELS,
+    stride=STRIDES,
+    dilation=dilations(2),
     pad_delta=st.integers(-2, 1),
     radii=st.one_of(st.none(), st.lists(st.floats(0, 3.5), min_size=1, max_size=4)),
-    hw=st.tuples(st.integers(6, 12), st.integers(6, 12)),
+    hw=spatial(6, 12),
 )
-def test_cmb_fuses_exactly(groups, per_group_in, out_mult, depthwise, kernel, stride, dilation, pad_delta, radii, hw):
-    cin = groups * per_group_in
-    if depthwise:
-        groups = cin
+def test_cmb_fuses_exactly(channels, kernel, stride, dilation, pad_delta, radii, hw):
+    cin, cout, groups = channels
     padding = max(dilation * (kernel // 2) + pad_delta, 0)
-    assume(all(_out_size(s, kernel, stride, padding, dilation) >= 1 for s in hw))
-    block = CircularMaskBlock(cin, cin * out_mult, kernel, stride, padding, dilation, groups, radii)
+    assume(all(conv_out_size(s, kernel, stride, padding, dilation) >= 1 for s in hw))
+    block = CircularMaskBlock(cin, cout, kernel, stride, padding, dilation, groups, radii)
     assert len(block.bns) == len(block.radii)
     assert_fuses_exactly(block, torch.randn(2, cin, *hw))
 
@@ -88,22 +79,16 @@ def test_cmb_refuses(kwargs, match):
 
 
 @given(
-    groups=st.sampled_from([1, 2]),
-    per_group_in=st.integers(1, 3),
-    out_mult=st.sampled_from([1, 2]),
-    depthwise=st.booleans(),
+    channels=block_channels(groups=(1, 2), max_per_group=3),
     kernel_map=st.sampled_from([(3, 3), (3, 1), (5, 3), (5, 5)]),
-    stride=st.sampled_from([1, 2]),
-    dilation=st.sampled_from([1, 2]),
+    stride=STRIDES,
+    dilation=dilations(2),
     bias=st.booleans(),
     norm=st.booleans(),
-    hw=st.tuples(st.integers(6, 12), st.integers(6, 12)),
+    hw=spatial(6, 12),
 )
-def test_refconv_fuses_exactly(groups, per_group_in, out_mult, depthwise, kernel_map, stride, dilation, bias, norm, hw):
-    cin = groups * per_group_in
-    if depthwise:
-        groups = cin
-    cout = cin * out_mult
+def test_refconv_fuses_exactly(channels, kernel_map, stride, dilation, bias, norm, hw):
+    cin, cout, groups = channels
     kernel, map_k = kernel_map
     basis = torch.randn(cout, cin // groups, kernel, kernel)
     block = RefConv(cin, cout, kernel, stride, None, dilation, groups, bias, norm, map_k, basis)

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import REL_TOL_FP64, assert_fuses_exactly
+from conftest import REL_TOL_FP64, STRIDES, assert_fuses_exactly, dilations, spatial
 from edgerep.numerics import output_error, randomize_bn
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.reparam.blocks.base import ConvBN, FusedConv, ReparamBlock
@@ -46,10 +46,9 @@ def make_pair(cin, mid, cout, k=3, stride=1, padding=1, dilation=1, k_next=3, co
 
 @given(
     cin=st.integers(1, 4), mid=st.integers(1, 6), cout=st.integers(1, 4), k=st.sampled_from([1, 2, 3]),
-    stride=st.sampled_from([1, 2]), padding=st.integers(0, 2), dilation=st.sampled_from([1, 2]),
+    stride=STRIDES, padding=st.integers(0, 2), dilation=dilations(2),
     k_next=st.sampled_from([1, 3]), consumer=st.sampled_from(["conv", "convbn"]), bias=st.booleans(),
-    act=st.sampled_from([None, "identity", "pool"]), data=st.data(),
-    hw=st.tuples(st.integers(7, 10), st.integers(7, 10)),
+    act=st.sampled_from([None, "identity", "pool"]), data=st.data(), hw=spatial(7, 10),
 )
 def test_resrep_pruned_deploy_equals_train(
     cin, mid, cout, k, stride, padding, dilation, k_next, consumer, bias, act, data, hw

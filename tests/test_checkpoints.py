@@ -15,7 +15,7 @@ from edgerep.errors import BadInputError, CheckpointError
 from edgerep.numerics import output_error, randomize_bn
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.zoo import create_model, list_models
-from conftest import REL_TOL_FP32, shared_path
+from conftest import REL_TOL_FP32, meta_model, shared_path
 
 
 def to_original(sd: dict) -> dict:
@@ -92,8 +92,7 @@ def test_other_families_load_through_the_timm_layout(name, fixture):
 
 @pytest.mark.parametrize("name", list_models("repvgg") + list_models("qarepvgg"))
 def test_original_layout_maps_every_variant(name):
-    with torch.device("meta"):
-        sd = create_model(name).state_dict()
+    sd = meta_model(name).state_dict()
     original = to_original(sd)
     assert detect_layout(original, "repvgg") == "original" and detect_layout(sd) == "timm"
     assert detect_form(original) == "train"
@@ -201,8 +200,7 @@ def test_unexpected_keys_are_named_as_in_the_checkpoint(a0):
 
 
 def test_shape_mismatch_suggests_the_model_that_fits():
-    with torch.device("meta"):  # shapes are all the check needs
-        sd = create_model("repvgg_a1").state_dict()
+    sd = meta_model("repvgg_a1").state_dict()  # shapes are all the check needs
     with pytest.raises(CheckpointError, match="with another shape .*did you mean repvgg_a1\\?") as exc:
         load_model("repvgg_a0", sd)
     assert "stem.conv_kxk.conv.weight (64, 3, 3, 3) vs model (48, 3, 3, 3)" in one_line_error(exc)
@@ -237,6 +235,7 @@ def test_edgerep_file_of_another_model(tmp_path, a0):
 def test_truncated_file_is_named(tmp_path, a0):
     path = save_checkpoint(tmp_path / "broken.pt", a0, model="repvgg_a0")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="broken.pt is not a readable PyTorch checkpoint .*corrupt, truncated") as exc:
+    message = "broken.pt is not a readable PyTorch checkpoint .*corrupt, truncated"
+    with pytest.raises(CheckpointError, match=message) as exc:
         load_model("repvgg_a0", path)
     one_line_error(exc)

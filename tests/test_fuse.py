@@ -24,24 +24,19 @@ from edgerep.reparam.fuse import (
     pad_kernel,
     scale_kernel,
 )
+from conftest import ODD_KERNELS, STRIDES, dilations, grouped_channels, spatial
 
 D = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-10)
 
-odd = st.sampled_from([1, 3, 5])
 groups_st = st.sampled_from([1, 2, 3])
 per_group = st.integers(1, 3)
-hw_st = st.tuples(st.integers(9, 12), st.integers(9, 12))  # fits a 5x5 kernel at dilation 2
+channels_st = grouped_channels(groups=(1, 2, 3), max_per_group=3)  # (channels, groups), depthwise included
+hw_st = spatial(9, 12)  # fits a 5x5 kernel at dilation 2
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, dtype=D, generator=torch.Generator().manual_seed(seed))
-
-
-def channels(groups: int, per: int, depthwise: bool) -> tuple[int, int]:
-    """(channels, groups); depthwise makes groups == channels."""
-    c = groups * per
-    return (c, c) if depthwise else (c, groups)
 
 
 def random_bn(n: int, seed: int = 0, affine: bool = True) -> nn.BatchNorm2d:
@@ -54,12 +49,11 @@ def random_bn(n: int, seed: int = 0, affine: bool = True) -> nn.BatchNorm2d:
 
 
 @given(
-    g=groups_st, pin=per_group, pout=per_group, k=odd, stride=st.sampled_from([1, 2]),
-    dilation=st.sampled_from([1, 2]), padding=st.integers(0, 2), has_bias=st.booleans(),
-    affine=st.booleans(), depthwise=st.booleans(), hw=hw_st,
+    cg=channels_st, pout=per_group, k=ODD_KERNELS, stride=STRIDES, dilation=dilations(2),
+    padding=st.integers(0, 2), has_bias=st.booleans(), affine=st.booleans(), hw=hw_st,
 )
-def test_fold_bn_equals_conv_then_eval_bn(g, pin, pout, k, stride, dilation, padding, has_bias, affine, depthwise, hw):
-    cin, g = channels(g, pin, depthwise)
+def test_fold_bn_equals_conv_then_eval_bn(cg, pout, k, stride, dilation, padding, has_bias, affine, hw):
+    cin, g = cg
     cout = g * pout
     w, b = rand(cout, cin // g, k, k, seed=1), (rand(cout, seed=2) if has_bias else None)
     bn = random_bn(cout, affine=affine)
@@ -93,12 +87,9 @@ def test_fold_bn_is_differentiable():
 # --- identity_kernel ------------------------------------------------------------------------------
 
 
-@given(
-    g=groups_st, per=per_group, kh=odd, kw=odd, dilation=st.sampled_from([1, 2]),
-    depthwise=st.booleans(), hw=hw_st,
-)
-def test_identity_kernel_is_identity(g, per, kh, kw, dilation, depthwise, hw):
-    c, g = channels(g, per, depthwise)
+@given(cg=channels_st, kh=ODD_KERNELS, kw=ODD_KERNELS, dilation=dilations(2), hw=hw_st)
+def test_identity_kernel_is_identity(cg, kh, kw, dilation, hw):
+    c, g = cg
     kernel = identity_kernel(c, g, (kh, kw), dtype=D)
     assert kernel.shape == (c, c // g, kh, kw) and kernel.dtype == D
     x = rand(2, c, *hw)
@@ -124,11 +115,11 @@ small_shapes = st.sampled_from([(1, 1), (1, 3), (3, 1), (3, 3), (1, 5)])
 
 
 @given(
-    shape=small_shapes, grow=st.tuples(st.integers(0, 2), st.integers(0, 2)), g=groups_st, per=per_group,
-    stride=st.sampled_from([1, 2]), dilation=st.sampled_from([1, 2, 3]), depthwise=st.booleans(), hw=hw_st,
+    shape=small_shapes, grow=st.tuples(st.integers(0, 2), st.integers(0, 2)), cg=channels_st,
+    stride=STRIDES, dilation=dilations(3), hw=hw_st,
 )
-def test_pad_kernel_keeps_the_conv(shape, grow, g, per, stride, dilation, depthwise, hw):
-    c, g = channels(g, per, depthwise)
+def test_pad_kernel_keeps_the_conv(shape, grow, cg, stride, dilation, hw):
+    c, g = cg
     kh, kw = shape
     th, tw = kh + 2 * grow[0], kw + 2 * grow[1]
     w = rand(c, c // g, kh, kw)
@@ -156,11 +147,11 @@ def test_pad_kernel_refuses_sizes_it_cannot_centre(kernel, size):
 
 
 @given(
-    sizes=st.lists(small_shapes, min_size=1, max_size=4), g=groups_st, per=per_group,
-    stride=st.sampled_from([1, 2]), dilation=st.sampled_from([1, 2]), depthwise=st.booleans(), hw=hw_st,
+    sizes=st.lists(small_shapes, min_size=1, max_size=4), cg=channels_st, stride=STRIDES, dilation=dilations(2),
+    hw=hw_st,
 )
-def test_add_branches_equals_sum_of_convs(sizes, g, per, stride, dilation, depthwise, hw):
-    c, g = channels(g, per, depthwise)
+def test_add_branches_equals_sum_of_convs(sizes, cg, stride, dilation, hw):
+    c, g = cg
     branches = [KernelBias(rand(c, c // g, *size, seed=i), rand(c, seed=100 + i)) for i, size in enumerate(sizes)]
     x = rand(2, c, *hw, seed=1000)
     geo = dict(stride=stride, dilation=dilation, groups=g)
@@ -199,8 +190,8 @@ def pad_with_values(y: torch.Tensor, pad: tuple[int, int], values: torch.Tensor)
 
 
 @given(
-    g=groups_st, pin=per_group, pmid=per_group, pout=per_group, k=odd, padding=st.integers(0, 2),
-    stride=st.sampled_from([1, 2]), dilation=st.sampled_from([1, 2]), depthwise=st.booleans(), hw=hw_st,
+    g=groups_st, pin=per_group, pmid=per_group, pout=per_group, k=ODD_KERNELS, padding=st.integers(0, 2),
+    stride=STRIDES, dilation=dilations(2), depthwise=st.booleans(), hw=hw_st,
 )
 def test_merge_sequential_equals_1x1_then_kxk_with_bias_padding(
     g, pin, pmid, pout, k, padding, stride, dilation, depthwise, hw
@@ -253,12 +244,9 @@ def test_merge_sequential_is_differentiable():
 # --- avg_pool_kernel -------------------------------------------------------------------------------
 
 
-@given(
-    g=groups_st, per=per_group, k=st.integers(1, 4), stride=st.sampled_from([1, 2]),
-    pad_frac=st.sampled_from([0.0, 0.5, 1.0]), depthwise=st.booleans(), hw=hw_st,
-)
-def test_avg_pool_kernel_equals_avg_pool(g, per, k, stride, pad_frac, depthwise, hw):
-    c, g = channels(g, per, depthwise)
+@given(cg=channels_st, k=st.integers(1, 4), stride=STRIDES, pad_frac=st.sampled_from([0.0, 0.5, 1.0]), hw=hw_st)
+def test_avg_pool_kernel_equals_avg_pool(cg, k, stride, pad_frac, hw):
+    c, g = cg
     padding = int(k // 2 * pad_frac)
     x = rand(2, c, *hw)
     ref = F.avg_pool2d(x, k, stride, padding, count_include_pad=True)
@@ -270,7 +258,7 @@ def test_avg_pool_kernel_equals_avg_pool(g, per, k, stride, pad_frac, depthwise,
 # --- concat_branches / scale_kernel ----------------------------------------------------------------
 
 
-@given(outs=st.lists(st.integers(1, 4), min_size=1, max_size=3), cin=st.integers(1, 4), k=odd, hw=hw_st)
+@given(outs=st.lists(st.integers(1, 4), min_size=1, max_size=3), cin=st.integers(1, 4), k=ODD_KERNELS, hw=hw_st)
 def test_concat_branches_equals_channel_concat(outs, cin, k, hw):
     branches = [KernelBias(rand(o, cin, k, k, seed=i), rand(o, seed=10 + i)) for i, o in enumerate(outs)]
     x = rand(2, cin, *hw, seed=99)
@@ -296,9 +284,9 @@ def test_concat_branches_with_groups_needs_per_group_pieces():
     torch.testing.assert_close(F.conv2d(x, per_group.kernel, per_group.bias, groups=2), ref[:, [0, 2, 1, 3]], **TOL)
 
 
-@given(g=groups_st, per=per_group, k=odd, depthwise=st.booleans(), hw=hw_st)
-def test_scale_kernel_equals_scaling_the_output(g, per, k, depthwise, hw):
-    c, g = channels(g, per, depthwise)
+@given(cg=channels_st, k=ODD_KERNELS, hw=hw_st)
+def test_scale_kernel_equals_scaling_the_output(cg, k, hw):
+    c, g = cg
     kb = KernelBias(rand(c, c // g, k, k), rand(c, seed=1))
     scale = rand(c, seed=2)
     x = rand(2, c, *hw, seed=3)
@@ -311,7 +299,7 @@ def test_scale_kernel_equals_scaling_the_output(g, per, k, depthwise, hw):
 
 
 @given(
-    g=groups_st, pin=per_group, pout=per_group, kh=odd, kw=odd, stride=st.sampled_from([1, 2, (1, 2)]),
+    g=groups_st, pin=per_group, pout=per_group, kh=ODD_KERNELS, kw=ODD_KERNELS, stride=st.sampled_from([1, 2, (1, 2)]),
     padding=st.sampled_from([0, 1, (2, 1)]), dilation=st.sampled_from([1, 2, (2, 1)]),
     mode=st.sampled_from(["zeros", "reflect", "circular"]), has_bias=st.booleans(), hw=hw_st,
 )

@@ -14,6 +14,8 @@ from conftest import REL_TOL_FP32, REL_TOL_FP64  # noqa: E402
 def _check(result: dict, configs: int) -> None:
     assert result["configs"] == configs
     assert set(result["blocks"]) == set(SAMPLERS)
+    # fp32 itself may lose digits on a degenerate configuration (judged in fp64 then), but rarely
+    assert result["ill_conditioned"] <= configs // 100, result["ill_conditioned"]
     for name, s in result["blocks"].items():
         assert s["configs"] >= configs // len(SAMPLERS), name
         assert s["worst_rel_fp32"] <= REL_TOL_FP32, (name, s["worst_rel_fp32"], s["worst_config"])
@@ -21,7 +23,7 @@ def _check(result: dict, configs: int) -> None:
 
 
 def test_sweep_every_block_quickly():
-    _check(run_sweep(330, seed=1, fp64_every=3), 330)
+    _check(run_sweep(330, seed=1), 330)
 
 
 @pytest.mark.slow

@@ -5,33 +5,36 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import REL_TOL_FP32, assert_fuses_exactly, shared_path
+from conftest import (
+    ODD_KERNELS,
+    REL_TOL_FP32,
+    STRIDES,
+    assert_fuses_exactly,
+    block_channels,
+    dilations,
+    meta_model,
+    run_timm_fixture,
+    spatial,
+)
 from edgerep.numerics import output_error
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.reparam.blocks.mobileone import MobileOneBlock
 from edgerep.zoo import create_model, list_models
-from edgerep.zoo.mobileone import CFGS, SEModule
+from edgerep.zoo.layers import SEModule
+from edgerep.zoo.mobileone import CFGS
 
 
 @given(
-    groups=st.sampled_from([1, 2, 4]),
-    per_group_in=st.integers(1, 4),
-    out_mult=st.sampled_from([1, 2]),
-    stride=st.sampled_from([1, 2]),
-    dilation=st.sampled_from([1, 2]),
-    kernel=st.sampled_from([1, 3, 5]),
+    channels=block_channels(),
+    stride=STRIDES,
+    dilation=dilations(2),
+    kernel=ODD_KERNELS,
     num_branches=st.integers(1, 4),
-    depthwise=st.booleans(),
     se=st.booleans(),
-    hw=st.tuples(st.integers(5, 10), st.integers(5, 10)),
+    hw=spatial(5, 10),
 )
-def test_mobileone_fuses_exactly(
-    groups, per_group_in, out_mult, stride, dilation, kernel, num_branches, depthwise, se, hw
-):
-    cin = groups * per_group_in
-    if depthwise:
-        groups, cin = cin, cin
-    cout = cin * out_mult
+def test_mobileone_fuses_exactly(channels, stride, dilation, kernel, num_branches, se, hw):
+    cin, cout, groups = channels
     attn = SEModule(cout) if se else None
     block = MobileOneBlock(cin, cout, kernel, stride, dilation, groups, num_branches, attn=attn)
     assert len(block.conv_kxk) == num_branches
@@ -70,9 +73,7 @@ TIMM_S0_DEPLOY_PARAMS = 2078504
 def test_zoo_variants_match_timm_sizes():
     assert list_models("mobileone") == sorted(TIMM_PARAMS)
     for name, n_params in TIMM_PARAMS.items():
-        with torch.device("meta"):  # shapes only: skips the weight init
-            model = create_model(name)
-        assert sum(p.numel() for p in model.parameters()) == n_params, name
+        assert sum(p.numel() for p in meta_model(name).parameters()) == n_params, name
     assert create_model("mobileone_s0", num_classes=10).head.fc.out_features == 10
 
 
@@ -89,34 +90,25 @@ def timm_deploy_keys(train_keys):
 
 @pytest.fixture(scope="module")
 def timm_s0():
-    ckpt = torch.load(shared_path("fixtures", "checkpoints", "timm_mobileone_s0.pt"), weights_only=True)
-    model = create_model("mobileone_s0").eval()
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    with torch.no_grad():
-        out_train = model(ckpt["input"])
-        deploy = reparameterize(model, inplace=True)  # the train form is not needed any more
-        out_deploy = deploy(ckpt["input"])
-    return ckpt, deploy, out_train, out_deploy
+    return run_timm_fixture("mobileone_s0", "timm_mobileone_s0.pt")
 
 
 def test_timm_checkpoint_computes_timm_outputs(timm_s0):
-    ckpt, _, out_train, out_deploy = timm_s0
-    assert output_error(ckpt["output_train"], out_train).rel <= REL_TOL_FP32
-    assert output_error(ckpt["output_deploy"], out_deploy).rel <= REL_TOL_FP32
+    assert output_error(timm_s0.ckpt["output_train"], timm_s0.out_train).rel <= REL_TOL_FP32
+    assert output_error(timm_s0.ckpt["output_deploy"], timm_s0.out_deploy).rel <= REL_TOL_FP32
 
 
 def test_deploy_model_has_timm_deploy_layout(timm_s0):
-    ckpt, deploy, _, _ = timm_s0
+    deploy = timm_s0.deploy
     assert count_blocks(deploy) == {}
     sd = deploy.state_dict()
-    assert set(sd) == timm_deploy_keys(ckpt["state_dict"])
+    assert set(sd) == timm_deploy_keys(timm_s0.ckpt["state_dict"])
     assert "stages.0.0.reparam_conv.weight" in sd and "stem.reparam_conv.bias" in sd
     assert sum(p.numel() for p in deploy.parameters()) == TIMM_S0_DEPLOY_PARAMS
 
 
 def test_deploy_graph_is_plain(timm_s0):
-    _, deploy, _, _ = timm_s0
-    gm = torch.fx.symbolic_trace(deploy)
+    gm = torch.fx.symbolic_trace(timm_s0.deploy)
     mods = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"]
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in mods)
     n_blocks = 1 + 2 * sum(CFGS["mobileone_s0"].depths)  # stem + (dw, pw) pairs: one conv each

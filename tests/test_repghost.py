@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import REL_TOL_FP32, assert_fuses_exactly, shared_path
+from conftest import REL_TOL_FP32, STRIDES, assert_fuses_exactly, meta_model, run_timm_fixture, spatial
 from edgerep.numerics import output_error
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.reparam.blocks.repghost import RepGhostDeploy, RepGhostModule
@@ -20,9 +20,9 @@ from edgerep.zoo.repghostnet import RepGhostBottleneck
     cout=st.integers(1, 8),
     kernel=st.sampled_from([1, 3]),
     dw_size=st.sampled_from([3, 5]),
-    stride=st.sampled_from([1, 2]),
+    stride=STRIDES,
     relu=st.booleans(),
-    hw=st.tuples(st.integers(5, 10), st.integers(5, 10)),
+    hw=spatial(5, 10),
 )
 def test_repghost_module_fuses_exactly(cin, cout, kernel, dw_size, stride, relu, hw):
     block = RepGhostModule(cin, cout, kernel, dw_size, stride, relu)
@@ -34,7 +34,7 @@ def test_repghost_module_fuses_exactly(cin, cout, kernel, dw_size, stride, relu,
     mid=st.sampled_from([8, 12]),
     cout=st.sampled_from([4, 8]),
     dw_kernel=st.sampled_from([3, 5]),
-    stride=st.sampled_from([1, 2]),
+    stride=STRIDES,
     se=st.sampled_from([0.0, 0.25]),
 )
 def test_repghost_bottleneck_fuses_exactly(cin, mid, cout, dw_kernel, stride, se):
@@ -80,9 +80,7 @@ TIMM_050_DEPLOY_PARAMS = 2306528
 def test_zoo_variants_match_timm_sizes():
     assert list_models("repghostnet") == sorted(TIMM_PARAMS)
     for name, n_params in TIMM_PARAMS.items():
-        with torch.device("meta"):  # shapes only: skips the weight init
-            model = create_model(name)
-        assert sum(p.numel() for p in model.parameters()) == n_params, name
+        assert sum(p.numel() for p in meta_model(name).parameters()) == n_params, name
     assert create_model("repghostnet_050", num_classes=7).classifier.out_features == 7
 
 
@@ -98,28 +96,19 @@ def timm_deploy_keys(train_keys):
 
 @pytest.fixture(scope="module")
 def timm_050():
-    ckpt = torch.load(shared_path("fixtures", "checkpoints", "timm_repghostnet_050.pt"), weights_only=True)
-    model = create_model("repghostnet_050").eval()
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
-    with torch.no_grad():
-        out_train = model(ckpt["input"])
-        deploy = reparameterize(model, inplace=True)  # the train form is not needed any more
-        out_deploy = deploy(ckpt["input"])
-    return ckpt, deploy, out_train, out_deploy, n_convs
+    return run_timm_fixture("repghostnet_050", "timm_repghostnet_050.pt")
 
 
 def test_timm_checkpoint_computes_timm_outputs(timm_050):
-    ckpt, _, out_train, out_deploy, _ = timm_050
-    assert output_error(ckpt["output_train"], out_train).rel <= REL_TOL_FP32
-    assert output_error(ckpt["output_deploy"], out_deploy).rel <= REL_TOL_FP32
+    assert output_error(timm_050.ckpt["output_train"], timm_050.out_train).rel <= REL_TOL_FP32
+    assert output_error(timm_050.ckpt["output_deploy"], timm_050.out_deploy).rel <= REL_TOL_FP32
 
 
 def test_deploy_model_has_timm_deploy_layout(timm_050):
-    ckpt, deploy, _, _, _ = timm_050
+    deploy = timm_050.deploy
     assert count_blocks(deploy) == {}
     sd = deploy.state_dict()
-    assert set(sd) == timm_deploy_keys(ckpt["state_dict"])
+    assert set(sd) == timm_deploy_keys(timm_050.ckpt["state_dict"])
     assert "blocks.0.0.ghost1.cheap_operation.bias" in sd
     assert sum(p.numel() for p in deploy.parameters()) == TIMM_050_DEPLOY_PARAMS
 
@@ -131,7 +120,7 @@ def _call_modules(gm: torch.fx.GraphModule) -> list[torch.nn.Module]:
 def test_deploy_graph_is_plain(timm_050):
     """timm's deploy layout keeps the BNs that follow a single conv (primary, dw, shortcut, stem, last
     1x1); every one of them folds with a plain conv-BN fold, which leaves no BN and the train conv count."""
-    ckpt, deploy, _, out_deploy, n_convs = timm_050
+    deploy, n_convs = timm_050.deploy, timm_050.train_convs
     mods = _call_modules(torch.fx.symbolic_trace(deploy))
     assert sum(isinstance(m, torch.nn.Conv2d) for m in mods) == n_convs == 95
     with warnings.catch_warnings():  # its import trips torch.jit deprecation warnings
@@ -142,4 +131,4 @@ def test_deploy_graph_is_plain(timm_050):
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in mods)
     assert sum(isinstance(m, torch.nn.Conv2d) for m in mods) == n_convs
     with torch.no_grad():
-        assert output_error(out_deploy, folded(ckpt["input"])).rel <= REL_TOL_FP32
+        assert output_error(timm_050.out_deploy, folded(timm_050.ckpt["input"])).rel <= REL_TOL_FP32

@@ -7,14 +7,16 @@ from torch import nn
 from edgerep.api import deploy
 from edgerep.errors import VerificationError
 from edgerep.metrics import count_macs, count_nodes, count_params
-from edgerep.reparam.fuse import KernelBias
 from edgerep.numerics import output_error, randomize_bn
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
+from edgerep.reparam.fuse import KernelBias
 from edgerep.verify import verify_deploy
 
 
 def _net() -> nn.Sequential:
-    net = nn.Sequential(RepVGGBlock(3, 8, stride=2), RepVGGBlock(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+    net = nn.Sequential(
+        RepVGGBlock(3, 8, stride=2), RepVGGBlock(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+    )
     return randomize_bn(net, torch.Generator().manual_seed(1)).eval()
 
 
@@ -57,7 +59,9 @@ def test_reference_outputs_are_checked_for_both_forms():
         references=[("good", x, good), ("bad", x, bad)],
     )
     by_ref = {(c.form, c.reference): c.passed for c in report.checks if c.reference in ("good", "bad")}
-    assert by_ref == {("train", "good"): True, ("deploy", "good"): True, ("train", "bad"): False, ("deploy", "bad"): False}
+    assert by_ref == {
+        ("train", "good"): True, ("deploy", "good"): True, ("train", "bad"): False, ("deploy", "bad"): False
+    }
 
 
 def test_macs_of_known_layers():

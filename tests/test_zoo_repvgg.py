@@ -11,18 +11,12 @@ from edgerep.reparam.blocks.qarepvgg import QARepVGGBlock
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
 from edgerep.zoo import create_model, get_spec, list_models
 from edgerep.zoo.repvgg import ARCHS, RepVGG, RepVGGArch
-from conftest import assert_fuses_exactly, shared_path
+from conftest import assert_fuses_exactly, meta_model, shared_path
 
 REPVGG = [
     f"repvgg_{v}" for v in ("a0", "a1", "a2", "b0", "b1", "b1g2", "b1g4", "b2", "b2g2", "b2g4", "b3", "b3g2", "b3g4")
 ]
 QAREPVGG = [f"qarepvgg_{v}" for v in ("a0", "a1", "a2", "b0")]
-
-
-def meta_model(name: str, **kwargs) -> nn.Module:
-    """Structure only: big variants cost no memory or init time on the meta device."""
-    with torch.device("meta"):
-        return create_model(name, **kwargs)
 
 
 def blocks(model: nn.Module) -> list[ReparamBlock]:

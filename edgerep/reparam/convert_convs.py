@@ -12,7 +12,7 @@ import warnings
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .blocks.acb import ACBlock
 from .blocks.base import ReparamBlock
@@ -23,25 +23,19 @@ from .blocks.refconv import RefConv
 __all__ = ["BLOCKS", "convert_convs"]
 
 
-def _acb(conv: nn.Conv2d, geometry: dict, copy_weights: bool, **kwargs) -> ReparamBlock:
-    block = ACBlock(**geometry, **kwargs)
-    if copy_weights:
-        block.square_conv.weight.copy_(conv.weight)
-    return block
+Builder = Callable[..., ReparamBlock]  # (conv, geometry, copy_weights, **block_kwargs) -> block
 
 
-def _dbb(conv: nn.Conv2d, geometry: dict, copy_weights: bool, **kwargs) -> ReparamBlock:
-    block = DiverseBranchBlock(**geometry, **kwargs)
-    if copy_weights:
-        block.dbb_origin.conv.weight.copy_(conv.weight)
-    return block
+def _with_main_kernel(cls: type[ReparamBlock], main_kernel: Callable[[ReparamBlock], Tensor]) -> Builder:
+    """A builder for a block whose ``main_kernel`` (its kxk weight) may start as the conv's kernel."""
 
+    def build(conv: nn.Conv2d, geometry: dict, copy_weights: bool, **kwargs) -> ReparamBlock:
+        block = cls(**geometry, **kwargs)
+        if copy_weights:
+            main_kernel(block).copy_(conv.weight)
+        return block
 
-def _cmb(conv: nn.Conv2d, geometry: dict, copy_weights: bool, **kwargs) -> ReparamBlock:
-    block = CircularMaskBlock(**geometry, **kwargs)
-    if copy_weights:
-        block.conv.weight.copy_(conv.weight)
-    return block
+    return build
 
 
 def _refconv(conv: nn.Conv2d, geometry: dict, copy_weights: bool, **kwargs) -> ReparamBlock:
@@ -52,10 +46,10 @@ def _refconv(conv: nn.Conv2d, geometry: dict, copy_weights: bool, **kwargs) -> R
 
 
 # name -> (builder, copy_weights default). RefConv's basis IS the existing kernel, so it always copies.
-BLOCKS: dict[str, tuple[Callable[..., ReparamBlock], bool]] = {
-    "acb": (_acb, False),
-    "dbb": (_dbb, False),
-    "cmb": (_cmb, False),
+BLOCKS: dict[str, tuple[Builder, bool]] = {
+    "acb": (_with_main_kernel(ACBlock, lambda b: b.square_conv.weight), False),
+    "dbb": (_with_main_kernel(DiverseBranchBlock, lambda b: b.dbb_origin.conv.weight), False),
+    "cmb": (_with_main_kernel(CircularMaskBlock, lambda b: b.conv.weight), False),
     "refconv": (_refconv, True),
 }
 

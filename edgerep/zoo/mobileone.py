@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..reparam.blocks.mobileone import MobileOneBlock
+from .layers import ClassifierHead, SEModule
 from .registry import register_model
 
-__all__ = ["MobileOne", "MobileOneCfg", "SEModule", "ClassifierHead", "CFGS"]
+__all__ = ["MobileOne", "MobileOneCfg", "CFGS"]
 
 
 @dataclass(frozen=True)
@@ -37,35 +37,6 @@ CFGS = {
     "mobileone_s3": MobileOneCfg(stem=64, widths=(128, 320, 768, 2048)),
     "mobileone_s4": MobileOneCfg(stem=64, widths=(192, 448, 896, 2048), se_pairs=(0, 0, 5, 1)),
 }
-
-
-class SEModule(nn.Module):
-    """Squeeze-excitation as timm's ``SEModule`` (``fc1`` / ``fc2`` 1x1 convs, ReLU, sigmoid gate)."""
-
-    def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 8) -> None:
-        super().__init__()
-        # timm rounds to the nearest multiple of rd_divisor (at least rd_divisor) and never rounds up further.
-        rd = max(rd_divisor, int(channels * rd_ratio + rd_divisor / 2) // rd_divisor * rd_divisor)
-        self.fc1 = nn.Conv2d(channels, rd, 1)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Conv2d(rd, channels, 1)
-        self.gate = nn.Sigmoid()
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        return x * self.gate(s)
-
-
-class ClassifierHead(nn.Module):
-    """Global average pool then a linear layer, named like timm's ``head.fc``."""
-
-    def __init__(self, in_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(torch.flatten(self.global_pool(x), 1))
 
 
 class MobileOne(nn.Module):

@@ -44,6 +44,7 @@ def register_model(family: str, **meta) -> Callable[[Callable[..., nn.Module]], 
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The registered model ``name``; an unknown name is a user error that suggests the closest names."""
     _load_all()
     try:
         return _REGISTRY[name]
@@ -62,6 +63,7 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
 
 
 def list_models(family: str | None = None) -> list[str]:
+    """Sorted names of every registered model, or of one ``family``."""
     _load_all()
     return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
 

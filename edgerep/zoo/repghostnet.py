@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from ..reparam.blocks.repghost import RepGhostModule
+from .layers import SqueezeExcite, make_divisible
 from .registry import register_model
 
-__all__ = ["RepGhostNet", "RepGhostBottleneck", "SqueezeExcite", "ConvBnAct", "STAGES", "WIDTHS"]
+__all__ = ["RepGhostNet", "RepGhostBottleneck", "ConvBnAct", "STAGES", "WIDTHS"]
 
 
 class Bneck(NamedTuple):
@@ -51,6 +52,9 @@ STAGES: tuple[tuple[Bneck, ...], ...] = (
     ),
 )
 
+# Every width (after scaling by the multiplier) is rounded to a multiple of this, as timm does.
+CHANNEL_DIVISOR = 4
+
 WIDTHS = {
     "repghostnet_050": 0.5,
     "repghostnet_058": 0.58,
@@ -61,28 +65,6 @@ WIDTHS = {
     "repghostnet_150": 1.5,
     "repghostnet_200": 2.0,
 }
-
-
-def make_divisible(v: float, divisor: int = 4) -> int:
-    """Nearest multiple of ``divisor`` (at least ``divisor``), bumped up if that loses over 10%: timm's rule."""
-    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    return new_v + divisor if new_v < 0.9 * v else new_v
-
-
-class SqueezeExcite(nn.Module):
-    """Squeeze-excitation as timm's EfficientNet-family ``SqueezeExcite`` with a hard-sigmoid gate."""
-
-    def __init__(self, channels: int, rd_ratio: float) -> None:
-        super().__init__()
-        rd = make_divisible(channels * rd_ratio, 4)
-        self.conv_reduce = nn.Conv2d(channels, rd, 1)
-        self.act1 = nn.ReLU()
-        self.conv_expand = nn.Conv2d(rd, channels, 1)
-        self.gate = nn.Hardsigmoid()
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = self.conv_expand(self.act1(self.conv_reduce(x.mean((2, 3), keepdim=True))))
-        return x * self.gate(s)
 
 
 class ConvBnAct(nn.Module):
@@ -150,7 +132,11 @@ class RepGhostNet(nn.Module):
         stages: tuple[tuple[Bneck, ...], ...] = STAGES, head_channels: int = 1280,
     ) -> None:
         super().__init__()
-        prev = make_divisible(16 * width)
+
+        def scaled(channels: float) -> int:
+            return make_divisible(channels * width, CHANNEL_DIVISOR)
+
+        prev = scaled(16)
         self.conv_stem = nn.Conv2d(in_chans, prev, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(prev)
         self.act1 = nn.ReLU()
@@ -158,11 +144,11 @@ class RepGhostNet(nn.Module):
         for stage in stages:
             layers = []
             for b in stage:
-                out, mid = make_divisible(b.c * width), make_divisible(b.exp * width)
+                out, mid = scaled(b.c), scaled(b.exp)
                 layers.append(RepGhostBottleneck(prev, mid, out, b.k, b.s, se_ratio=b.se))
                 prev = out
             blocks.append(nn.Sequential(*layers))
-        last = make_divisible(stages[-1][-1].exp * width * 2)
+        last = scaled(stages[-1][-1].exp * 2)
         blocks.append(nn.Sequential(ConvBnAct(prev, last)))
         self.blocks = nn.Sequential(*blocks)
         self.num_features = last

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..reparam.blocks.qarepvgg import QARepVGGBlock
 from ..reparam.blocks.repvgg import RepVGGBlock
+from .layers import ClassifierHead
 from .registry import register_model
 
 BASE_WIDTHS = (64, 128, 256, 512)
@@ -36,6 +37,7 @@ class RepVGGArch:
     def stem_channels(self) -> int:
         return min(64, int(64 * self.widths[0]))
 
+    @property
     def stage_channels(self) -> list[int]:
         return [int(base * w) for base, w in zip(BASE_WIDTHS, self.widths)]
 
@@ -64,19 +66,6 @@ ARCHS: dict[str, RepVGGArch] = {
 BlockFn = Callable[..., nn.Module]
 
 
-class ClassifierHead(nn.Module):
-    """Global average pool, flatten, fc: timm's ``head`` (only ``fc`` holds parameters)."""
-
-    def __init__(self, in_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten(1)
-        self.fc = nn.Linear(in_features, num_classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(self.flatten(self.global_pool(x)))
-
-
 class RepVGG(nn.Module):
     """Stem block (stride 2), four stages whose first block has stride 2, classifier head."""
 
@@ -84,7 +73,7 @@ class RepVGG(nn.Module):
         super().__init__()
         self.stem = block(in_chans, arch.stem_channels, 3, stride=2)
         stages, prev = [], arch.stem_channels
-        for depth, channels in zip(arch.depths, arch.stage_channels()):
+        for depth, channels in zip(arch.depths, arch.stage_channels):
             blocks = []
             for i in range(depth):
                 blocks.append(block(prev, channels, 3, stride=2 if i == 0 else 1, groups=arch.block_groups(i)))

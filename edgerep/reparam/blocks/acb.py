@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fuse import KernelBias, pair, add_branches, fold_bn
+from ..fuse import KernelBias, add_branches, fold_bn, pair
 from .base import ReparamBlock, deploy_conv
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fuse import ConvGeometry, KernelBias, fold_bn, make_conv
+from ..fuse import ConvGeometry, KernelBias, fold_bn, identity_kernel, make_conv
 
 
 class ReparamBlock(nn.Module):
@@ -83,5 +83,20 @@ def deploy_conv(kb: KernelBias, like: ConvGeometry, **override) -> nn.Conv2d:
     return make_conv(KernelBias(kb.kernel.detach(), kb.bias.detach()), like, **override)
 
 
+def identity_branch(like: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> KernelBias:
+    """A block's identity shortcut, ``bn(x)`` (or ``x`` when ``bn`` is None), as a 1x1 kernel and bias.
+
+    The kernel takes ``like``'s group layout, dtype and device, so it adds to the block's other branches
+    after ``.double()`` or ``.to(device)``; ``add_branches`` centres it in the larger kernels. Only blocks
+    whose identity exists (stride 1, in == out channels) may ask for it.
+    """
+    w = like.weight
+    kernel = identity_kernel(like.out_channels, like.groups, dtype=w.dtype, device=w.device)
+    if bn is None:
+        return KernelBias(kernel, w.new_zeros(like.out_channels))
+    return fold_bn(kernel, None, bn)
+
+
 def is_identity(module: nn.Module | None) -> bool:
+    """True for a post-op that does nothing, so a deploy form can drop it instead of keeping a no-op module."""
     return module is None or isinstance(module, nn.Identity)

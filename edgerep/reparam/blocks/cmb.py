@@ -5,8 +5,8 @@ branches share ONE kernel ``W``; branch ``r`` multiplies ``W`` by a fixed mask `
 taps whose centre lies within distance ``r`` of the kernel centre, and has its own BatchNorm; the
 branches are summed. It adds no conv parameters (only one BN per radius); the inner taps are seen by
 more branches, so they get more gradient than the corners (our reading of the motivation; compare
-ACB's skeleton branches). Deploy form:
-one ``nn.Conv2d`` with ``W' = sum_r t_r (W * M_r)`` and ``b' = sum_r (beta_r - mu_r t_r)``.
+ACB's skeleton branches). Deploy form: one ``nn.Conv2d`` with ``W' = sum_r t_r (W * M_r)`` and
+``b' = sum_r (beta_r - mu_r t_r)``.
 """
 
 from __future__ import annotations

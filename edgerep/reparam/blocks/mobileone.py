@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fuse import KernelBias, add_branches, fold_bn, identity_kernel
-from .base import ConvBN, FusedConv, ReparamBlock, deploy_conv
+from ..fuse import KernelBias, add_branches
+from .base import ConvBN, FusedConv, ReparamBlock, deploy_conv, identity_branch
 
 
 class MobileOneBlock(ReparamBlock):
@@ -69,11 +69,7 @@ class MobileOneBlock(ReparamBlock):
         if self.conv_scale is not None:
             branches.append(self.conv_scale.get_kernel_bias())
         if self.identity is not None:
-            conv = self.conv_kxk[0].conv
-            ident = identity_kernel(
-                conv.out_channels, conv.groups, dtype=conv.weight.dtype, device=conv.weight.device
-            )
-            branches.append(fold_bn(ident, None, self.identity))
+            branches.append(identity_branch(self.conv_kxk[0].conv, self.identity))
         return add_branches(branches)
 
     def fuse(self) -> FusedConv:

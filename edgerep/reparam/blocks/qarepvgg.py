@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fuse import KernelBias, add_branches, conv_kernel_bias, fold_bn, identity_kernel
-from .base import ConvBN, FusedConv, ReparamBlock, deploy_conv
+from ..fuse import KernelBias, add_branches, conv_kernel_bias, fold_bn
+from .base import ConvBN, FusedConv, ReparamBlock, deploy_conv, identity_branch
 
 
 class QARepVGGBlock(ReparamBlock):
@@ -51,9 +51,7 @@ class QARepVGGBlock(ReparamBlock):
     def get_kernel_bias(self) -> KernelBias:
         branches = [self.conv_kxk.get_kernel_bias(), conv_kernel_bias(self.conv_1x1)]
         if self.has_identity:
-            w = self.conv_1x1.weight
-            ident = identity_kernel(self.conv_1x1.out_channels, self.conv_1x1.groups, dtype=w.dtype, device=w.device)
-            branches.append(KernelBias(ident, w.new_zeros(self.conv_1x1.out_channels)))
+            branches.append(identity_branch(self.conv_1x1))
         kernel, bias = add_branches(branches)
         return fold_bn(kernel, bias, self.bn)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..fuse import KernelBias, pair, fold_bn
+from ..fuse import KernelBias, fold_bn, pair
 from .base import ReparamBlock, deploy_conv
 
 

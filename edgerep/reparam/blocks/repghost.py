@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fuse import KernelBias, add_branches, fold_bn, identity_kernel
-from .base import ReparamBlock, deploy_conv
+from ..fuse import KernelBias, add_branches, fold_bn
+from .base import ReparamBlock, deploy_conv, identity_branch
 
 
 class RepGhostModule(ReparamBlock):
@@ -64,8 +64,7 @@ class RepGhostModule(ReparamBlock):
 
     def get_kernel_bias(self) -> KernelBias:
         conv, bn = self.cheap_operation
-        ident = identity_kernel(conv.out_channels, conv.groups, dtype=conv.weight.dtype, device=conv.weight.device)
-        return add_branches([fold_bn(conv.weight, None, bn), fold_bn(ident, None, self.fusion_bn[0])])
+        return add_branches([fold_bn(conv.weight, None, bn), identity_branch(conv, self.fusion_bn[0])])
 
     def fuse(self) -> RepGhostDeploy:
         cheap = deploy_conv(self.get_kernel_bias(), self.cheap_operation[0])

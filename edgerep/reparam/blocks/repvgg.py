@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fuse import KernelBias, add_branches, fold_bn, identity_kernel
-from .base import ConvBN, FusedConv, ReparamBlock, deploy_conv
+from ..fuse import KernelBias, add_branches
+from .base import ConvBN, FusedConv, ReparamBlock, deploy_conv, identity_branch
 
 
 class RepVGGBlock(ReparamBlock):
@@ -50,11 +50,7 @@ class RepVGGBlock(ReparamBlock):
     def get_kernel_bias(self) -> KernelBias:
         branches = [self.conv_kxk.get_kernel_bias(), self.conv_1x1.get_kernel_bias()]
         if self.identity is not None:
-            conv = self.conv_kxk.conv
-            ident = identity_kernel(
-                conv.out_channels, conv.groups, dtype=conv.weight.dtype, device=conv.weight.device
-            )
-            branches.append(fold_bn(ident, None, self.identity))
+            branches.append(identity_branch(self.conv_kxk.conv, self.identity))
         return add_branches(branches)
 
     def fuse(self) -> FusedConv:
