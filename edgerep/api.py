@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
@@ -20,7 +21,10 @@ from .reparam import count_blocks, reparameterize
 from .verify import DEFAULT_RTOL, DeployReport, verify_deploy
 from .zoo import get_spec
 
-__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "load_model", "preprocess_of"]
+if TYPE_CHECKING:
+    from .export import ExportResult
+
+__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "export_checkpoint", "load_model", "preprocess_of"]
 
 
 def deploy(
@@ -176,3 +180,54 @@ def _check_writable(path: Path) -> None:
         raise BadInputError(f"output folder {parent} does not exist; create it or choose another -o path")
     if not os.access(parent, os.W_OK):
         raise BadInputError(f"output folder {parent} is not writable; choose another -o path")
+
+
+def export_checkpoint(
+    name: str | None,
+    checkpoint: str | Path,
+    *,
+    plan: list[tuple[str, str]],
+    output_dir: str | Path,
+    calibration: str | Path | None = None,
+    validation: str | Path | None = None,
+    layout: str | None = None,
+    options: dict | None = None,
+    tolerance: dict | None = None,
+    progress=None,
+) -> tuple[list[tuple[str, str, "ExportResult | VerificationError"]], LoadInfo]:
+    """Load a checkpoint (train form is deployed and verified first), export every (target, precision) of ``plan``.
+
+    Every (target, precision) is checked against its target file before any slow work. A failed
+    validation is returned in its row (the other artifacts are still built); bad input raises.
+    """
+    from .export import export
+    from .targets import get_target
+
+    for t, p in plan:
+        tgt = get_target(t)
+        tgt.precision(p)
+        tgt.resolve_options(options)
+    obj = read_checkpoint(checkpoint)
+    name = name or model_name_of(obj, checkpoint)
+    model, info = load_model(name, obj, layout=layout, where=str(checkpoint))
+    info = replace(info, path=Path(checkpoint), sha256=sha256_file(checkpoint))
+    pre = preprocess_of(name, obj)
+    if info.form == "train":
+        if progress:
+            progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
+        model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
+    labels = checkpoint_meta(obj).get("labels")
+    rows = []
+    for t, p in plan:
+        if progress:
+            progress(f"exporting {name} -> {t} {p}")
+        try:
+            result = export(
+                model, name=name, target=t, precision=p, input_size=(3, *pre.size), output_dir=output_dir,
+                preprocess=pre, calibration=calibration, validation=validation, labels=labels, source=info,
+                options=options, tolerance=tolerance, progress=progress,
+            )
+        except VerificationError as exc:
+            result = exc
+        rows.append((t, p, result))
+    return rows, info

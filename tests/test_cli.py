@@ -135,3 +135,20 @@ def test_console_script_reports_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr
     proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "deploy" in proc.stdout and "models" in proc.stdout
+
+
+def test_export_validates_and_writes_manifest(capsys, tmp_path):
+    from edgerep import defaults
+
+    ckpt = str(defaults.default_model_path())
+    out = tmp_path / "out"
+    code, stdout, _ = run(capsys, "export", MODEL, "-c", ckpt, "--target", "onnx", "--precision", "fp32",
+                          "--val", str(defaults.default_images_dir()), "-o", str(out), "--json")
+    assert code == 0, stdout
+    (row,) = json.loads(stdout)["results"]
+    assert row["status"] == "validated" and Path(row["artifact"]).exists() and Path(row["manifest"]).exists()
+    manifest = json.loads(Path(row["manifest"]).read_text())
+    assert manifest["artifact"]["sha256"] == row["sha256"] and manifest["labels"][0] == "airplane"
+    # a precision the target does not offer is refused up front, before anything is exported
+    code, _, err = run(capsys, "export", MODEL, "-c", ckpt, "--target", "coreml", "--precision", "int4", "-o", str(tmp_path / "x"))
+    assert code == 2 and "int4" in err and not (tmp_path / "x").exists()

@@ -1,0 +1,191 @@
+"""Core ML backend: coremltools ML Program (.mlpackage) in fp32 / fp16, weight-only int8 or k-means palettes.
+
+Choices (measured, see shared/notes/dependencies.md):
+- ML Program, never the old NeuralNetwork format: it is what iOS 15+ runs natively and the only format
+  ``coremltools.optimize.coreml`` compresses.
+- float32 I/O for every precision (``TensorType(dtype=float32)`` on both ends): without it an fp16 program
+  gets fp16 I/O and a generated output name, so callers would feed each precision differently. The output
+  is always named ``output``.
+- ``w8`` is symmetric per-channel int8 weights (``constexpr_affine_dequantize``); ``palettize6/8`` are
+  per-tensor k-means palettes; ``palettize4`` is k-means with one palette per group of 16 output channels,
+  which needs iOS18 — a single 4-bit palette for a whole fused re-param kernel destroyed the model
+  (cosine 0.27), so it is never emitted. Compressed programs compute in fp16 unless asked otherwise.
+- ``run``: ``MLModel.predict`` on macOS; elsewhere the saved MIL program is evaluated op by op with torch
+  (``mil_eval``), so artifacts are checked numerically in Linux CI too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import BadInputError, require
+from .base import ExportInfo, ExportRequest
+from .mil_eval import MilEvaluator, load_program, op_types
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+
+# Import now so a missing package is reported when the backend is chosen, not halfway through an export.
+ct = require("coremltools", "coreml")
+
+_TARGETS = ("iOS16", "iOS17", "iOS18")
+_PALETTE_BITS = {"palettize4": 4, "palettize6": 6, "palettize8": 8}
+_GROUPED_PALETTE = {4: 16}  # nbits -> output channels per palette (per_grouped_channel, iOS18+)
+_GROUPED_MIN_TARGET = "iOS18"
+
+
+class CoreMLBackend:
+    name = "coreml"
+    suffix = ".mlpackage"
+
+    def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
+        """Convert ``model`` to an ML Program in the requested precision and save it at ``path``."""
+        if request.layout != "nchw":
+            raise BadInputError(f"the coreml target takes NCHW input only, not {request.layout}")
+        precision = request.precision
+        if precision not in ("fp32", "fp16", "w8", *_PALETTE_BITS):
+            raise BadInputError(
+                f"the coreml backend has no precision {precision!r}; use fp32, fp16, w8, {', '.join(_PALETTE_BITS)}"
+            )
+        opts = request.options
+        notes: list[str] = []
+        target = str(opts.get("minimum_deployment_target", "iOS16"))
+        nbits = _PALETTE_BITS.get(precision)
+        if nbits in _GROUPED_PALETTE and _TARGETS.index(target) < _TARGETS.index(_GROUPED_MIN_TARGET):
+            notes.append(f"{precision}: minimum deployment target raised from {target} to {_GROUPED_MIN_TARGET}"
+                         " (grouped palettes need it)")
+            target = _GROUPED_MIN_TARGET
+        compute = {"fp32": "fp32", "fp16": "fp16"}.get(precision, str(opts.get("compute_precision", "fp16")))
+
+        mlmodel = _convert(model, request.input_shape, str(opts.get("source", "trace")), target, compute)
+        quant: dict = {"minimum_deployment_target": target, "compute_precision": compute}
+        if precision == "w8":
+            mlmodel, info = _quantize_weights(mlmodel)
+            quant.update(info)
+        elif nbits is not None:
+            mlmodel, info = _palettize(mlmodel, nbits)
+            quant.update(info)
+        mlmodel.save(str(path))
+        counts = op_types(load_program(path))
+        notes.append("MIL ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()) if k != "const"))
+        return ExportInfo(INPUT_NAME, OUTPUT_NAME, "float32", quantization=quant, notes=notes)
+
+    def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
+        """Outputs for NCHW float32 ``inputs``, fed in batches of the artifact's fixed batch size."""
+        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        if sys.platform == "darwin":
+            mlmodel = ct.models.MLModel(str(path))
+            predict = lambda x: mlmodel.predict({INPUT_NAME: x})[OUTPUT_NAME]  # noqa: E731
+            batch = int(mlmodel.get_spec().description.input[0].type.multiArrayType.shape[0])
+        else:
+            evaluator = _evaluator(Path(path))
+            predict = lambda x: evaluator({INPUT_NAME: x})[OUTPUT_NAME]  # noqa: E731
+            batch = int(evaluator.function.inputs[INPUT_NAME].shape[0])
+        if len(inputs) % batch:
+            raise BadInputError(f"{path} takes batches of {batch}; got {len(inputs)} inputs")
+        with torch.inference_mode(), _single_thread():
+            outs = [np.asarray(predict(inputs[i : i + batch]), dtype=np.float32) for i in range(0, len(inputs), batch)]
+        return np.concatenate(outs)
+
+
+def _convert(model: nn.Module, shape: tuple[int, ...], source: str, target: str, compute: str):
+    """coremltools conversion of a traced (or torch.export'ed) model, quietly: its progress bars are noise here."""
+    example = torch.zeros(shape)
+    with torch.no_grad():
+        if source == "trace":
+            graph = torch.jit.trace(model.eval(), example)
+        elif source == "export":
+            graph = torch.export.export(model.eval(), (example,)).run_decompositions({})
+        else:
+            raise BadInputError(f"coreml option source={source!r} is not allowed; use trace or export")
+    with _quiet():
+        return ct.convert(
+            graph,
+            inputs=[ct.TensorType(name=INPUT_NAME, shape=shape, dtype=np.float32)],
+            outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+            convert_to="mlprogram",
+            minimum_deployment_target=getattr(ct.target, target),
+            compute_precision=ct.precision.FLOAT32 if compute == "fp32" else ct.precision.FLOAT16,
+        )
+
+
+def _quantize_weights(mlmodel):
+    cto = ct.optimize.coreml
+    op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+    with _quiet():
+        out = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    return out, {"weights": "int8", "scheme": "linear_symmetric", "granularity": "per_channel",
+                 "weight_threshold": op.weight_threshold, **_compressed(out, "constexpr_affine_dequantize")}
+
+
+def _palettize(mlmodel, nbits: int):
+    require("sklearn", "coreml")  # coremltools' k-means needs scikit-learn and only says so deep in a traceback
+    cto = ct.optimize.coreml
+    group = _GROUPED_PALETTE.get(nbits)
+    if group:
+        op = cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", granularity="per_grouped_channel", group_size=group)
+    else:
+        op = cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", granularity="per_tensor")
+    with _quiet():
+        out = cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    info = {"weights": f"{nbits}-bit palette", "scheme": "kmeans", "weight_threshold": op.weight_threshold,
+            "granularity": "per_grouped_channel" if group else "per_tensor",
+            **_compressed(out, "constexpr_lut_to_dense")}
+    if group:
+        info["group_size"] = group
+    return out, info
+
+
+def _compressed(mlmodel, op_type: str) -> dict:
+    """How many weights were compressed (small or indivisible ones stay float: coremltools skips them)."""
+    ops = mlmodel._mil_program.functions["main"].operations
+    return {"compressed_weights": sum(op.op_type == op_type for op in ops)}
+
+
+_CACHE: dict[tuple[str, float], MilEvaluator] = {}
+
+
+def _evaluator(path: Path) -> MilEvaluator:
+    """One evaluator per artifact version: validation runs the same artifact on several input sets."""
+    key = (str(path.resolve()), (path / "Manifest.json").stat().st_mtime if path.is_dir() else 0.0)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = MilEvaluator.from_path(path)
+    return _CACHE[key]
+
+
+@contextlib.contextmanager
+def _single_thread():
+    """Evaluate op by op on one thread: batch-1 ops are tiny, and two threads on a busy 2-core host ran 10-50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence coremltools' progress bars and its 'untested torch / scikit-learn version' warnings."""
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+BACKEND = CoreMLBackend()

@@ -1,0 +1,192 @@
+"""ONNX backend: torch.onnx.export to one self-contained file, onnxslim, then fp16 or static int8; run with onnxruntime.
+
+Choices (measured, see shared/notes/dependencies.md):
+- One file, no external data: phones and app bundles want a single asset. Models too large for one
+  protobuf (2 GB) are out of scope for edge targets anyway.
+- The graph has a fixed batch (the request's input shape): mobile runtimes plan memory for it and the
+  graph simplifies further. ``run`` feeds larger inputs batch by batch.
+- fp16 keeps float32 I/O (Cast nodes at the edges): callers feed the same preprocessed float32 tensor to
+  every precision, the weights still halve, and the compute is fp16 on runtimes that have fp16 kernels.
+- int8 is static QDQ with symmetric per-channel int8 weights and calibrated int8 activations. The tool
+  defaults (per-tensor weights) collapse fused re-param nets to one class, and dynamic quantization turns
+  convs into ConvInteger that runs ~10x slower than fp32 on CPU; neither is ever emitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import BadInputError, require
+from .base import ExportInfo, ExportRequest
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+_CALIBRATE_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+
+# Import now so a missing package is reported when the backend is chosen, not halfway through an export.
+onnx = require("onnx", "onnx")
+ort = require("onnxruntime", "onnx")
+
+
+class OnnxBackend:
+    name = "onnx"
+    suffix = ".onnx"
+
+    def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
+        """Write ``model`` as an ONNX file at ``path`` in the requested precision."""
+        if request.layout != "nchw":
+            raise BadInputError(f"the onnx target takes NCHW input only, not {request.layout}")
+        opts = request.options
+        with tempfile.TemporaryDirectory(prefix="edgerep-onnx-") as tmp:
+            fp32 = Path(tmp) / "fp32.onnx"
+            _torch_export(model, request.input_shape, fp32, int(opts.get("opset", 18)), opts.get("exporter", "dynamo"))
+            proto = onnx.load(str(fp32))
+            if opts.get("simplify", True):
+                proto = require("onnxslim", "onnx").slim(proto)
+            notes: list[str] = []
+            quant: dict = {}
+            if request.precision == "fp32":
+                onnx.save(proto, str(path))
+            elif request.precision == "fp16":
+                from onnxruntime.transformers.float16 import convert_float_to_float16
+
+                onnx.save(_toposort(convert_float_to_float16(proto, keep_io_types=True)), str(path))
+                notes.append("fp16 weights and compute, float32 input and output")
+            elif request.precision == "int8":
+                onnx.save(proto, str(fp32))
+                quant = _quantize_int8(fp32, path, request, Path(tmp))
+            else:
+                raise BadInputError(f"the onnx backend has no precision {request.precision!r}")
+        onnx.checker.check_model(str(path), full_check=True)
+        if quant:
+            quant["input"] = _input_qparams(onnx.load(str(path)))
+        return ExportInfo(INPUT_NAME, OUTPUT_NAME, "float32", quant, notes)
+
+    def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
+        """Run the artifact with onnxruntime (CPU) on NCHW float32 inputs, batch by batch."""
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inp = session.get_inputs()[0]
+        batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else len(inputs)
+        x = np.ascontiguousarray(inputs, dtype=np.float32)
+        outs = []
+        for start in range(0, len(x), batch):
+            chunk = x[start : start + batch]
+            n = len(chunk)
+            if n < batch:  # the graph has a fixed batch: pad the last chunk, drop the padding's outputs
+                chunk = np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), np.float32)])
+            outs.append(session.run(None, {inp.name: chunk})[0][:n])
+        return np.concatenate(outs).astype(np.float32, copy=False)
+
+
+def _torch_export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int, exporter: str) -> None:
+    """torch.onnx.export into one file, quietly (the exporter prints progress and torchvision notices)."""
+    example = (torch.zeros(shape),)
+    kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    if exporter == "dynamo":
+        kwargs.update(dynamo=True, external_data=False, verbose=False, optimize=True)
+    else:
+        kwargs.update(dynamo=False, do_constant_folding=True)
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+            torch.onnx.export(model.eval(), example, str(path), **kwargs)
+    finally:
+        logger.setLevel(level)
+    if not path.exists():  # defensive: an exporter that "succeeds" without a file must not pass silently
+        raise RuntimeError(f"torch.onnx.export wrote no file at {path}")
+
+
+def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path) -> dict:
+    """Static QDQ int8: symmetric per-channel s8 weights, s8 activations with calibrated ranges."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if request.calibration is None or len(request.calibration) == 0:
+        raise BadInputError("int8 needs calibration images; pass a folder of real images with --calib DIR")
+    method = request.options.get("calibrate_method", "minmax")
+    prepared = tmp / "prepared.onnx"
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+        quantize_static(
+            str(prepared),
+            str(out),
+            _CalibrationReader(request.calibration, request.input_shape[0]),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, _CALIBRATE_METHODS[method]),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
+    return {
+        "scheme": "qdq-per-channel",
+        "format": "QDQ",
+        "weights": "int8, symmetric, per output channel",
+        "activations": "int8, asymmetric, per tensor",
+        "calibrate_method": method,
+        "calibration_images": int(len(request.calibration)),
+    }
+
+
+def _toposort(proto):
+    """Order nodes so each comes after its inputs' producers (the fp16 converter appends its I/O Casts last)."""
+    graph = proto.graph
+    ready = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        remaining = [n for n in pending if not all(i in ready for i in n.input)]
+        if len(remaining) == len(pending):
+            raise RuntimeError(f"ONNX graph has a cycle or a dangling input at node {pending[0].name}")
+        for n in pending:
+            if n not in remaining:
+                ordered.append(n)
+                ready.update(n.output)
+        pending = remaining
+    del graph.node[:]
+    graph.node.extend(ordered)
+    return proto
+
+
+class _CalibrationReader:
+    """Feeds calibration images to onnxruntime one graph batch at a time (its CalibrationDataReader protocol)."""
+
+    def __init__(self, images: Tensor, batch: int) -> None:
+        x = images.detach().float().cpu().numpy()
+        usable = len(x) - len(x) % batch
+        self._batches = iter([{INPUT_NAME: x[i : i + batch]} for i in range(0, usable, batch)])
+
+    def get_next(self) -> dict | None:
+        return next(self._batches, None)
+
+
+def _input_qparams(proto) -> dict:
+    """Scale and zero point with which the int8 graph quantizes its input (for on-device pre-quantization)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] == INPUT_NAME:
+            scale = onnx.numpy_helper.to_array(inits[node.input[1]]) if node.input[1] in inits else None
+            has_zp = len(node.input) > 2 and node.input[2] in inits
+            zp = onnx.numpy_helper.to_array(inits[node.input[2]]) if has_zp else None
+            if scale is not None:
+                return {
+                    "scale": float(scale.reshape(-1)[0]),
+                    "zero_point": int(zp.reshape(-1)[0]) if zp is not None else 0,
+                    "dtype": str(zp.dtype) if zp is not None else "uint8",
+                }
+    return {}
+
+
+BACKEND = OnnxBackend()

@@ -1,0 +1,224 @@
+"""TFLite (LiteRT) backend: litert-torch converts, ai-edge-litert (XNNPACK) runs.
+
+Choices (measured, see shared/notes/dependencies.md):
+- fp32 is a plain ``litert_torch.convert`` of the deploy model (max diff ~1e-7 relative to PyTorch).
+- fp16 stores the weights as float16 (ai-edge-quantizer float casting of the fp32 artifact): half the
+  size, float32 I/O and compute, so it runs wherever fp32 runs.
+- int8 is full-integer static PT2E with litert-torch's own quantizer (symmetric per-channel int8 weights,
+  int8 activations calibrated on real images) and ``convert_pt2e(fold_quantize=False)``; the tool defaults
+  (XNNPACK's PT2E config, folded quantize ops) either fail to convert or hurt fused re-param weights.
+  Its input and output are int8: ``run`` quantizes/dequantizes with the tensors' own scale and zero point.
+- The artifact has a fixed batch of 1 (litert-torch exports carry a batch-1 guard), so calibration and
+  ``run`` go one image at a time.
+- ``layout="nhwc"`` wraps the model so the artifact takes channels-last input (no TRANSPOSE at the input,
+  what Android camera pipelines produce); the input is named ``image_nhwc`` so ``run`` knows the layout
+  from the file alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import BadInputError, require
+from .base import ExportInfo, ExportRequest
+
+NCHW_INPUT = "image"
+NHWC_INPUT = "image_nhwc"
+RUN_THREADS = 1  # validation runs beside other work on small hosts; 1 thread is the reproducible baseline
+
+# Import now so a missing package is reported when the backend is chosen, not halfway through an export.
+litert_torch = require("litert_torch", "tflite")
+interpreter_lib = require("ai_edge_litert.interpreter", "tflite")
+
+
+class _NamedInput(nn.Module):
+    """Gives the artifact's input a meaningful name (litert-torch names inputs after the forward's arguments)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.model(image)
+
+
+class _ChannelsLast(nn.Module):
+    """Takes NHWC input and permutes it for the NCHW model; the converter folds the permute into its layout."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image_nhwc: Tensor) -> Tensor:
+        return self.model(image_nhwc.permute(0, 3, 1, 2))
+
+
+class TFLiteBackend:
+    name = "tflite"
+    suffix = ".tflite"
+
+    def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
+        """Write ``model`` as a .tflite file at ``path`` in the requested precision and input layout."""
+        if request.precision not in ("fp32", "fp16", "int8"):
+            raise BadInputError(f"the tflite backend has no precision {request.precision!r}; use fp32, fp16 or int8")
+        if request.layout not in ("nchw", "nhwc"):
+            raise BadInputError(f"the tflite target takes nchw or nhwc input, not {request.layout!r}")
+        if request.input_shape[0] != 1:
+            raise BadInputError(f"the tflite target exports batch 1, got input shape {request.input_shape}")
+        if request.precision == "int8":
+            _check_calibration(request)
+        model = model.eval()
+        nhwc = request.layout == "nhwc"
+        wrapped = (_ChannelsLast(model) if nhwc else _NamedInput(model)).eval()
+        n, c, h, w = request.input_shape
+        sample = torch.zeros((n, h, w, c) if nhwc else (n, c, h, w))
+        name = NHWC_INPUT if nhwc else NCHW_INPUT
+        notes = [f"{request.layout.upper()} input, batch 1"]
+
+        if request.precision == "int8":
+            calib = request.calibration.float()
+            edge = _convert_int8(wrapped, name, sample, calib.permute(0, 2, 3, 1) if nhwc else calib)
+            notes.append("full-integer static int8 (PT2E, symmetric per-channel weights); int8 input and output")
+        else:
+            edge = _convert(wrapped, name, sample)
+        with tempfile.TemporaryDirectory(prefix="edgerep-tflite-") as tmp:
+            fp32 = Path(tmp) / "model.tflite"
+            with _quiet():
+                edge.export(str(fp32))
+            if request.precision == "fp16":
+                path.write_bytes(_fp16_weights(fp32))
+                notes.append("float16 weights, float32 input, output and compute")
+            else:
+                path.write_bytes(fp32.read_bytes())
+
+        interp = _interpreter(path)
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        quant = {}
+        if request.precision == "int8":
+            quant = {"input": _qparams(inp), "output": _qparams(out), "weights": "int8 symmetric per-channel"}
+        return ExportInfo(inp["name"], out["name"], np.dtype(inp["dtype"]).name, quant, notes)
+
+    def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
+        """Run the artifact (XNNPACK, one image at a time) on NCHW float32 inputs; float32 outputs."""
+        x = np.asarray(inputs, dtype=np.float32)
+        if x.ndim != 4:
+            raise BadInputError(f"tflite run takes NCHW inputs (N, C, H, W), got shape {x.shape}")
+        interp = _interpreter(path)
+        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        if NHWC_INPUT in inp["name"]:
+            x = x.transpose(0, 2, 3, 1)
+        if tuple(inp["shape"][1:]) != x.shape[1:]:
+            raise BadInputError(f"{path.name} takes input {tuple(inp['shape'])}, got images of shape {x.shape}")
+        outs = []
+        for i in range(len(x)):
+            interp.set_tensor(inp["index"], _to_input(x[i : i + 1], inp))
+            interp.invoke()
+            outs.append(_from_output(interp.get_tensor(out["index"]), out))
+        return np.concatenate(outs)
+
+
+BACKEND = TFLiteBackend()
+
+
+def _check_calibration(request: ExportRequest) -> None:
+    calib = request.calibration
+    if calib is None or len(calib) == 0:
+        raise BadInputError("tflite int8 needs calibration images: pass --calib DIR (a folder of real photos)")
+    if tuple(calib.shape[1:]) != tuple(request.input_shape[1:]):
+        raise BadInputError(
+            f"calibration images have shape {tuple(calib.shape[1:])}, the model input is {request.input_shape[1:]}"
+        )
+
+
+def _convert(module: nn.Module, name: str, sample: Tensor, **kwargs):
+    with _quiet():
+        return litert_torch.convert(module, sample_kwargs={name: sample}, **kwargs)
+
+
+def _convert_int8(module: nn.Module, name: str, sample: Tensor, calibration: Tensor):
+    """PT2E full-integer int8: export, observe activations on every calibration image, convert, lower."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    graph = torch.export.export(module, (), {name: sample}).module()
+    graph = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
+    with torch.no_grad():
+        for i in range(len(calibration)):  # batch-1 guard in the exported graph
+            graph(**{name: calibration[i : i + 1]})
+    # fold_quantize=True leaves per-channel dequantize ops the converter cannot lower for some models.
+    graph = convert_pt2e(graph, fold_quantize=False)
+    # The graph already has eval semantics (exported from an eval model); exported graphs refuse .eval(), so
+    # clear the flag directly, which only silences the converter's "converted in training mode" warning.
+    for sub in graph.modules():
+        sub.training = False
+    return _convert(graph, name, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
+def _fp16_weights(fp32_path: Path) -> bytes:
+    """The fp32 artifact with every conv / fully-connected weight stored as float16 (dequantized at load)."""
+    from ai_edge_quantizer import qtyping, quantizer
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    q = quantizer.Quantizer(str(fp32_path))
+    q.add_weight_only_config(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        num_bits=16,
+        algorithm_key=AlgorithmName.FLOAT_CASTING,
+    )
+    with _quiet():
+        return bytes(q.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
+
+
+def _interpreter(path: Path):
+    interp = interpreter_lib.Interpreter(model_path=str(path), num_threads=RUN_THREADS)
+    interp.allocate_tensors()
+    return interp
+
+
+def _qparams(detail: dict) -> dict:
+    scale, zero_point = detail["quantization"]
+    return {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point)}
+
+
+def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return x
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
+
+
+def _from_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    if np.dtype(detail["dtype"]) == np.float32:
+        return y.copy()
+    scale, zero_point = detail["quantization"]
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence litert-torch's progress lines (edgerep shows its own progress); errors still raise."""
+    old = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
+    os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
+        else:
+            os.environ["LITERT_TORCH_SHOW_PROGRESS"] = old

@@ -1,0 +1,310 @@
+"""Export a deploy model to a target, run the artifact, compare it with PyTorch, and only then keep it.
+
+    result = export(deployed, name="repvgg_a0", target="onnx", precision="int8", input_size=(3, 224, 224),
+                    calibration="calib/", validation="val/", output_dir="out", preprocess=pre, labels=classes)
+
+The artifact is built in a hidden temporary folder inside ``output_dir``; it is run on the validation
+images and on random inputs, compared with the PyTorch deploy model, and moved into place (artifact
+first, then its manifest, each with an atomic ``os.replace``) only if it passes. A failed check,
+an error or Ctrl-C leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .backends import ExportRequest, get_backend
+from .checkpoints.load import LoadInfo, sha256_file
+from .errors import BadInputError, VerificationError
+from .images import ImageSource, Preprocess, list_images, load_images
+from .manifest import MANIFEST_VERSION, manifest_path, sha256_path, size_bytes, tool_versions, write_manifest
+from .numerics import output_error
+from .reparam import count_blocks
+from .targets import AGREEMENT_FLOORS, ERROR_BOUNDS, get_target
+
+__all__ = ["ExportResult", "ExportWarning", "InputSetResult", "Validation", "export"]
+
+RANDOM_INPUTS = 8
+Images = ImageSource | Tensor
+
+
+class ExportWarning(UserWarning):
+    """Something the user should know about an export that still succeeded (e.g. few calibration images)."""
+
+
+@dataclass
+class InputSetResult:
+    """Artifact vs PyTorch on one set of inputs. ``cosine`` is the mean per-input cosine similarity."""
+
+    label: str
+    kind: str  # "images" (real photos: agreement floors apply) or "random"
+    n: int
+    max_abs: float
+    rel: float
+    cosine: float
+    cosine_min: float
+    top1_agreement: float
+    accuracy_reference: float | None = None  # top-1 vs the folder's class labels, when it has them
+    accuracy_artifact: float | None = None
+
+
+@dataclass
+class Validation:
+    passed: bool
+    tolerance: dict[str, float]
+    sets: list[InputSetResult]
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ExportResult:
+    target: str
+    precision: str
+    artifact: Path
+    manifest_path: Path
+    manifest: dict
+    validation: Validation
+    size_bytes: int
+    sha256: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def export(
+    model: nn.Module,
+    *,
+    name: str,
+    target: str,
+    precision: str | None = None,
+    input_size: tuple[int, int, int],
+    output_dir: str | Path,
+    preprocess: Preprocess,
+    calibration: Images | None = None,
+    validation: Images | None = None,
+    labels: list[str] | None = None,
+    source: LoadInfo | str | Path | None = None,
+    options: dict | None = None,
+    layout: str | None = None,
+    scheme: str | None = None,
+    tolerance: dict | None = None,
+    batch: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export the deploy model ``model`` to ``target`` at ``precision``, validated; see the module docstring.
+
+    ``calibration`` / ``validation`` are image folders (or lists of files, or preprocessed NCHW tensors).
+    int8 validates on ``validation``, else on the calibration images. ``tolerance`` overrides the target's
+    tolerance for this precision (e.g. ``{"top1_agreement": 0.9}``). Raises ``BadInputError`` for anything
+    the target does not allow (before any slow work) and ``VerificationError`` (with ``.report``, the
+    ``Validation``) when the artifact fails its check; nothing is written then.
+    """
+    started = time.perf_counter()
+    say = progress or (lambda _msg: None)
+    tgt = get_target(target)
+    prec = tgt.precision(precision)
+    opts = tgt.resolve_options(options)
+    layout = tgt.resolve_layout(layout)
+    scheme = tgt.resolve_scheme(prec, scheme)
+    tol = tgt.tolerance(prec, tolerance)
+    if count_blocks(model):
+        raise BadInputError(
+            f"{name} still has {count_blocks(model)} re-param blocks in the train form; deploy it first"
+            " (edgerep deploy, or edgerep.deploy()) so the artifact holds the fused graph"
+        )
+    out_dir = _output_dir(output_dir)
+    backend = get_backend(tgt.backend, tgt.extra)  # a missing optional dependency fails here, before any work
+    notes: list[str] = []
+
+    calib, calib_labels = None, None
+    if prec.calibration:
+        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes)
+    images = _images(validation, preprocess, "validation images")
+    if images is None and calib is not None:
+        images = (calib, f"{len(calib)} calibration images (no separate validation set given)", calib_labels)
+
+    shape = (batch, *input_size)
+    artifact = out_dir / f"{name}-{prec.name}{tgt.suffix}"
+    request = ExportRequest(shape, prec.name, calib, layout, opts)
+    model = model.eval()
+    tmp = Path(tempfile.mkdtemp(prefix=".edgerep-export-", dir=out_dir))
+    try:
+        staged = tmp / artifact.name
+        say(f"exporting {name} to {tgt.name} {prec.name}")
+        info = backend.export(model, request, staged)
+        say(f"validating {staged.name}")
+        check = _validate(backend, staged, model, images, shape, tol)
+        if not check.passed:
+            raise VerificationError(
+                f"{name} {tgt.name} {prec.name}: the artifact does not match the PyTorch model: "
+                + "; ".join(check.failures) + " (nothing was written)",
+                check,
+            )
+        digest = sha256_path(staged)
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": name,
+            "source": _source(source),
+            "target": tgt.name,
+            "precision": prec.name,
+            "scheme": scheme,
+            "artifact": {"file": artifact.name, "sha256": digest, "size_bytes": size_bytes(staged)},
+            "input": {
+                "name": info.input_name,
+                "shape": list(shape if layout == "nchw" else (shape[0], *shape[2:], shape[1])),
+                "layout": layout,
+                "dtype": info.input_dtype,
+            },
+            "output": {"name": info.output_name},
+            "options": opts,
+            "quantization": info.quantization,
+            "preprocess": preprocess.to_dict(),
+            "labels": list(labels) if labels is not None else None,
+            "validation": check.to_dict(),
+            "notes": info.notes + notes,
+            "tools": tool_versions(tgt.packages),
+        }
+        _move(staged, artifact)
+        written = write_manifest(manifest_path(artifact), manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(
+        tgt.name, prec.name, artifact, written, manifest, check, manifest["artifact"]["size_bytes"], digest,
+        time.perf_counter() - started, notes,
+    )
+
+
+@torch.no_grad()
+def _validate(backend, path: Path, model: nn.Module, images, shape: tuple[int, ...], tol: dict) -> Validation:
+    """Run the artifact on real images (if any) and random inputs; judge against ``tol`` (see targets.py)."""
+    gen = torch.Generator().manual_seed(0)
+    sets = []
+    if images is not None:
+        sets.append((images[1], "images", images[0], images[2]))
+    noise = torch.randn(RANDOM_INPUTS, *shape[1:], generator=gen)
+    sets.append((f"{RANDOM_INPUTS} random inputs (standard normal)", "random", noise, None))
+    results, failures = [], []
+    for label, kind, x, truth in sets:
+        ref = model(x.float()).reshape(len(x), -1)
+        out = torch.from_numpy(np.asarray(backend.run(path, x.float().numpy()))).reshape(len(x), -1).float()
+        r = _compare(label, kind, ref, out)
+        if truth is not None and len(truth) == len(x):
+            r.accuracy_reference = (ref.argmax(1) == truth).double().mean().item()
+            r.accuracy_artifact = (out.argmax(1) == truth).double().mean().item()
+        results.append(r)
+        for key in ERROR_BOUNDS:
+            if key in tol and not getattr(r, key) <= tol[key]:
+                failures.append(f"{key} {getattr(r, key):.3g} > {tol[key]:g} on {label}")
+        if kind == "images":
+            for key in AGREEMENT_FLOORS:
+                if key in tol and not getattr(r, key) >= tol[key]:
+                    failures.append(f"{key} {getattr(r, key):.6g} < {tol[key]:g} on {label}")
+    return Validation(not failures, tol, results, failures)
+
+
+def _compare(label: str, kind: str, ref: Tensor, out: Tensor) -> InputSetResult:
+    err = output_error(ref, out)
+    cos = torch.nn.functional.cosine_similarity(ref.double(), out.double(), dim=1)
+    agree = (ref.argmax(1) == out.argmax(1)).double().mean().item()
+    return InputSetResult(label, kind, len(ref), err.max_abs, err.rel, cos.mean().item(), cos.min().item(), agree)
+
+
+def _calibration(
+    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str]
+) -> tuple[Tensor, Tensor | None]:
+    """Calibration images as a preprocessed tensor: required, at least the minimum, subsampled past the maximum."""
+    if calibration is None:
+        raise BadInputError(
+            f"{target} {prec.name} is static quantization and needs calibration images: pass --calib DIR, a folder"
+            f" of at least {prec.min_calibration_images} (better {prec.warn_calibration_images}+) real images"
+        )
+    labels = None
+    if isinstance(calibration, Tensor):
+        n = len(calibration)
+    else:
+        items = list_images(calibration)
+        keep = range(len(items.files))
+        if prec.max_calibration_images and len(keep) > prec.max_calibration_images:
+            step = len(keep) / prec.max_calibration_images
+            keep = [int(i * step) for i in range(prec.max_calibration_images)]
+        files = [items.files[i] for i in keep]
+        labels = None if items.labels is None else torch.tensor([items.labels[i] for i in keep])
+        n = len(files)
+    if n < prec.min_calibration_images:
+        raise BadInputError(
+            f"calibration set {calibration if not isinstance(calibration, Tensor) else '(tensor)'} has {n} images;"
+            f" {target} {prec.name} needs at least {prec.min_calibration_images}"
+            f" (better {prec.warn_calibration_images}+)"
+        )
+    if n < prec.warn_calibration_images:
+        note = (
+            f"only {n} calibration images (fewer than {prec.warn_calibration_images}): activation ranges may be"
+            " poorly estimated; use a few hundred images from the deployment domain"
+        )
+        notes.append(note)
+        warnings.warn(note, ExportWarning, stacklevel=3)
+    x = calibration if isinstance(calibration, Tensor) else load_images(files, pre).images
+    return x.float(), labels
+
+
+def _images(source: Images | None, pre: Preprocess, what: str) -> tuple[Tensor, str, Tensor | None] | None:
+    """Validation images, their description, and their class labels when the folder has class subfolders."""
+    if source is None:
+        return None
+    if isinstance(source, Tensor):
+        return source.float(), f"{len(source)} {what}", None
+    batch = load_images(source, pre)
+    where = Path(source).name if isinstance(source, (str, os.PathLike)) else "files"
+    return batch.images, f"{len(batch.images)} {what} from {where}", batch.labels
+
+
+def _output_dir(path: str | Path) -> Path:
+    """Create the output folder if needed; fail now, before the slow work, if it cannot be written."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"cannot create output folder {p} ({exc.strerror}); choose another -o path") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise BadInputError(f"output folder {p} is not writable; choose another -o path")
+    return p
+
+
+def _move(staged: Path, final: Path) -> None:
+    """Replace ``final`` with ``staged`` atomically; an old manifest goes first so it never describes a new file."""
+    manifest_path(final).unlink(missing_ok=True)
+    if final.is_dir() and not final.is_symlink():  # os.replace cannot replace a non-empty folder (.mlpackage)
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+
+
+def _source(source: LoadInfo | str | Path | None) -> dict | None:
+    if source is None:
+        return None
+    if isinstance(source, LoadInfo):
+        return {
+            "path": str(source.path) if source.path else None,
+            "sha256": source.sha256,
+            "layout": source.layout,
+            "form": source.form,
+        }
+    return {"path": str(source), "sha256": sha256_file(source)}

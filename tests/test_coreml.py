@@ -1,0 +1,231 @@
+"""Core ML backend and its MIL evaluator: artifacts are evaluated on Linux and compared with PyTorch.
+
+Whole models: the shipped default model on shipped photos (fp32, fp16, w8), repvgg_a0 / mobileone_s0 with
+random weights (fp32, fp16), a small conv net for the k-means palettes (fast k-means). Single ops: MIL
+programs built with coremltools' builder, evaluated and compared with torch written out independently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgerep[coreml]')")
+
+from coremltools.converters.mil import Builder as mb  # noqa: E402
+
+from edgerep.api import preprocess_of  # noqa: E402
+from edgerep.backends.base import ExportRequest  # noqa: E402
+from edgerep.backends.coreml import BACKEND  # noqa: E402
+from edgerep.backends.mil_eval import SUPPORTED_OPS, MilEvaluator, UnsupportedOpError  # noqa: E402
+from edgerep.checkpoints import load_model  # noqa: E402
+from edgerep.checkpoints.io import read_checkpoint  # noqa: E402
+from edgerep.defaults import default_images_dir, default_model_path  # noqa: E402
+from edgerep.images import list_images, load_images  # noqa: E402
+from edgerep.numerics import randomize_bn  # noqa: E402
+from edgerep.reparam import reparameterize  # noqa: E402
+from edgerep.zoo import create_model  # noqa: E402
+
+
+def _rel(out: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+def _agreement(out: np.ndarray, ref: np.ndarray) -> float:
+    return float((out.argmax(1) == ref.argmax(1)).mean())
+
+
+def _export_and_run(model: nn.Module, x: torch.Tensor, precision: str, path, **options):
+    info = BACKEND.export(model, ExportRequest((1, *x.shape[1:]), precision, options=options), path)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    return info, BACKEND.run(path, x.numpy()), ref
+
+
+def _tame(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Rescale each conv / linear so its output has unit std on ``x``: random re-param nets otherwise reach 1e8."""
+    for layer in [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+        seen = []
+        handle = layer.register_forward_hook(lambda m, i, o: seen.append(o.std()))
+        with torch.no_grad():
+            model(x)
+            handle.remove()
+            layer.weight /= seen[0]
+            if layer.bias is not None:
+                layer.bias /= seen[0]
+    return model
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple[nn.Module, torch.Tensor]:
+    model, _ = load_model("repghostnet_050", default_model_path())
+    pre = preprocess_of("repghostnet_050", read_checkpoint(default_model_path()))
+    files = list_images(default_images_dir()).files[::12]  # 17 photos over all classes
+    return reparameterize(model).eval(), load_images(files, pre).images
+
+
+@pytest.mark.parametrize(("precision", "rel", "agree"), [("fp32", 1e-4, 1.0), ("fp16", 2e-2, 0.9), ("w8", 3e-2, 0.9)])
+def test_shipped_model(shipped, tmp_path, precision, rel, agree):
+    model, images = shipped
+    info, out, ref = _export_and_run(model, images, precision, tmp_path / "m.mlpackage")
+    assert out.shape == ref.shape and out.dtype == np.float32
+    assert _rel(out, ref) < rel
+    assert _agreement(out, ref) >= agree
+    assert (info.input_name, info.output_name, info.input_dtype) == ("input", "output", "float32")
+    if precision == "w8":
+        assert info.quantization["compressed_weights"] > 0
+        assert any("constexpr_affine_dequantize" in n for n in info.notes)
+
+
+@pytest.mark.parametrize("name", ["repvgg_a0", "mobileone_s0"])
+@pytest.mark.parametrize(("precision", "rel"), [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_zoo_model_random_weights(tmp_path, name, precision, rel):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    model = reparameterize(randomize_bn(create_model(name, num_classes=10)).eval()).eval()
+    _, out, ref = _export_and_run(_tame(model, x), x, precision, tmp_path / "m.mlpackage")
+    assert _rel(out, ref) < rel
+
+
+def _small_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),  # 18k weights: above coremltools' 2048 threshold
+        nn.Conv2d(64, 64, 3, padding=1, groups=64), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 48),
+    )
+    return net.eval()
+
+
+@pytest.mark.parametrize(("precision", "rel"), [("palettize8", 2e-2), ("palettize6", 4e-2), ("palettize4", 1.5e-1)])
+def test_palettized(tmp_path, precision, rel):
+    x = torch.randn(4, 3, 16, 16)
+    info, out, ref = _export_and_run(_small_net(), x, precision, tmp_path / "m.mlpackage", source="export")
+    assert _rel(out, ref) < rel
+    assert info.quantization["compressed_weights"] >= 1
+    if precision == "palettize4":  # grouped palettes exist only from iOS18: the target is raised, and said so
+        assert info.quantization["minimum_deployment_target"] == "iOS18"
+        assert any("raised" in n for n in info.notes)
+
+
+# --- single ops, built with the MIL builder --------------------------------------------------------------------------
+
+
+def _eval(prog, **inputs: np.ndarray) -> np.ndarray:
+    return next(iter(MilEvaluator(prog.functions["main"])(inputs).values()))
+
+
+X = np.random.default_rng(0).standard_normal((1, 4, 7, 7)).astype(np.float32)
+W = np.random.default_rng(1).standard_normal((6, 2, 3, 3)).astype(np.float32)
+B = np.random.default_rng(2).standard_normal(6).astype(np.float32)
+SPEC = [mb.TensorSpec(shape=X.shape)]
+
+
+@pytest.mark.parametrize(
+    ("pad_type", "pad", "torch_pad"),
+    [("valid", None, (0, 0, 0, 0)), ("custom", [1, 2, 0, 1], (0, 1, 1, 2)), ("same", None, (1, 1, 1, 1))],
+)
+def test_op_conv(pad_type, pad, torch_pad):
+    kwargs = {"pad": pad} if pad else {}
+
+    @mb.program(input_specs=SPEC)
+    def prog(x):
+        return mb.conv(x=x, weight=W, bias=B, strides=[2, 1], dilations=[1, 2], groups=2, pad_type=pad_type, **kwargs)
+
+    same = pad_type == "same"  # stride 2 / dilation 2 on 7x7: 'same' pads (1,1) rows and (2,2) columns
+    tp = (2, 2, 1, 1) if same else torch_pad
+    xp = torch.nn.functional.pad(torch.from_numpy(X), tp)
+    ref = torch.nn.functional.conv2d(xp, torch.from_numpy(W), torch.from_numpy(B), (2, 1), 0, (1, 2), 2)
+    np.testing.assert_allclose(_eval(prog, x=X), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_op_pools_reductions_and_activations():
+    @mb.program(input_specs=SPEC)
+    def prog(x):
+        a = mb.avg_pool(x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
+                        exclude_padding_from_average=True)
+        m = mb.max_pool(x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1])
+        g = mb.reduce_mean(x=x, axes=[2, 3], keep_dims=True)
+        h = mb.sigmoid_hard(x=mb.add(x=a, y=g), alpha=1 / 6, beta=0.5)
+        s = mb.softmax(x=mb.sub(x=mb.mul(x=m, y=h), y=g), axis=1)
+        return mb.concat(values=[mb.relu(x=s), mb.silu(x=a), mb.clip(x=m, alpha=-0.5, beta=0.5)], axis=1)
+
+    t = torch.from_numpy(X)
+    F = torch.nn.functional
+    a = F.avg_pool2d(t, 3, 2, 1, count_include_pad=False)
+    m = F.max_pool2d(t, 3, 2, 1)
+    g = t.mean((2, 3), keepdim=True)
+    h = ((a + g) / 6 + 0.5).clamp(0, 1)
+    s = torch.softmax(m * h - g, 1)
+    ref = torch.cat([s.relu(), F.silu(a), m.clamp(-0.5, 0.5)], 1)
+    np.testing.assert_allclose(_eval(prog, x=X), ref.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_op_shapes_linear_and_batch_norm():
+    mean, var = np.arange(4, dtype=np.float32), np.linspace(0.5, 2, 4).astype(np.float32)
+    lw = np.random.default_rng(3).standard_normal((5, 49)).astype(np.float32)
+
+    @mb.program(input_specs=SPEC)
+    def prog(x):
+        bn = mb.batch_norm(x=x, mean=mean, variance=var, gamma=var, beta=mean, epsilon=1e-3)
+        p = mb.pad(x=bn, pad=[0, 1, 2, 0], mode="constant", constant_val=0.5)
+        r = mb.reshape(x=mb.transpose(x=p, perm=[0, 1, 3, 2]), shape=[4, 8, 9])
+        sl = mb.slice_by_index(x=r, begin=[0, 1, 0], end=[4, 8, 9], stride=[1, 1, 2])
+        e = mb.expand_dims(x=mb.squeeze(x=mb.reduce_sum(x=sl, axes=[2], keep_dims=True), axes=[2]), axes=[0])
+        lin = mb.linear(x=mb.reshape(x=bn, shape=[4, 49]), weight=lw)
+        return mb.concat(values=[mb.reshape(x=e, shape=[4, 7]), lin], axis=1)
+
+    t = torch.from_numpy(X)
+    bn = (t - torch.from_numpy(mean).view(1, 4, 1, 1)) / torch.sqrt(torch.from_numpy(var).view(1, 4, 1, 1) + 1e-3)
+    bn = bn * torch.from_numpy(var).view(1, 4, 1, 1) + torch.from_numpy(mean).view(1, 4, 1, 1)
+    p = torch.nn.functional.pad(bn, (2, 0, 0, 1), value=0.5)  # MIL pads the last two axes: H by (0, 1), W by (2, 0)
+    r = p.transpose(2, 3).reshape(4, 8, 9)[:, 1:, ::2].sum(2)
+    lin = bn.reshape(4, 49) @ torch.from_numpy(lw).T
+    ref = torch.cat([r, lin], 1)
+    np.testing.assert_allclose(_eval(prog, x=X), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_op_quantize_dequantize_and_cast():
+    @mb.program(input_specs=SPEC, opset_version=ct.target.iOS17)
+    def prog(x):
+        q = mb.quantize(input=x, scale=np.float32(0.02), zero_point=np.int8(3), output_dtype="int8")
+        d = mb.dequantize(input=q, scale=np.float32(0.02), zero_point=np.int8(3))
+        return mb.cast(x=mb.cast(x=d, dtype="fp16"), dtype="fp32")
+
+    q = (torch.round(torch.from_numpy(X) / 0.02) + 3).clamp(-128, 127)
+    ref = ((q - 3) * 0.02).half().float()
+    np.testing.assert_allclose(_eval(prog, x=X), ref.numpy(), rtol=0, atol=1e-6)
+
+
+def test_op_compressed_weights():
+    rng = np.random.default_rng(4)
+    q = rng.integers(-128, 128, (6, 2, 3, 3)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.02, 6).astype(np.float32)
+    lut = np.sort(rng.standard_normal((2, 1, 1, 1, 16, 1)).astype(np.float32), axis=-2)  # one palette per 3 channels
+    idx = rng.integers(0, 16, (6, 2, 3, 3)).astype(np.uint8)
+    from coremltools.converters.mil.mil import types
+
+    @mb.program(input_specs=SPEC, opset_version=ct.target.iOS18)
+    def prog(x):
+        w1 = mb.constexpr_blockwise_shift_scale(data=q, scale=scale.reshape(6, 1, 1, 1), offset=np.full((6, 1, 1, 1), 2, np.int8))
+        w2 = mb.constexpr_lut_to_dense(indices=mb.const(val=idx.astype(types.np_uint4_dtype)), lut=lut)
+        return mb.concat(values=[mb.conv(x=x, weight=w1, groups=2), mb.conv(x=x, weight=w2, groups=2)], axis=1)
+
+    w1 = (q.astype(np.float32) - 2) * scale.reshape(6, 1, 1, 1)
+    w2 = np.take_along_axis(np.repeat(lut[..., 0], 3, axis=0).reshape(6, 1, 1, 1, 16), idx[..., None].astype(np.int64), -1)[..., 0]
+    t = torch.from_numpy(X)
+    ref = torch.cat([torch.nn.functional.conv2d(t, torch.from_numpy(w), groups=2) for w in (w1, w2)], 1)
+    np.testing.assert_allclose(_eval(prog, x=X), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_op_is_named():
+    @mb.program(input_specs=SPEC)
+    def prog(x):
+        return mb.relu(x=mb.cumsum(x=x, axis=1))
+
+    with pytest.raises(UnsupportedOpError, match=r"cumsum \(first: .*supported: .*conv"):
+        MilEvaluator(prog.functions["main"])
+    assert "cumsum" not in SUPPORTED_OPS and {"conv", "constexpr_lut_to_dense", "quantize"} <= set(SUPPORTED_OPS)
