@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .checkpoints.io import read_checkpoint
 from .checkpoints.load import LoadInfo, load_model, save_checkpoint, sha256_file
-from .errors import BadInputError, VerificationError
+from .errors import BadInputError, EdgerepError, VerificationError
 from .images import Preprocess, list_images, load_images
 from .reparam import count_blocks, reparameterize
 from .verify import DEFAULT_RTOL, DeployReport, verify_deploy
@@ -194,12 +194,14 @@ def export_checkpoint(
     options: dict | None = None,
     tolerance: dict | None = None,
     progress=None,
-) -> tuple[list[tuple[str, str, "ExportResult | VerificationError"]], LoadInfo]:
+) -> tuple[list[tuple[str, str, ExportResult | EdgerepError]], LoadInfo]:
     """Load a checkpoint (train form is deployed and verified first), export every (target, precision) of ``plan``.
 
     Every (target, precision) is checked against its target file before any slow work. A failed
-    validation is returned in its row (the other artifacts are still built); bad input raises.
+    validation or a layer the target cannot convert is returned in its row (the other artifacts are
+    still built); other bad input raises.
     """
+    from .backends.base import UnsupportedLayerError
     from .export import export
     from .targets import get_target
 
@@ -227,7 +229,7 @@ def export_checkpoint(
                 preprocess=pre, calibration=calibration, validation=validation, labels=labels, source=info,
                 options=options, tolerance=tolerance, progress=progress,
             )
-        except VerificationError as exc:
+        except (VerificationError, UnsupportedLayerError) as exc:  # the other targets may still work
             result = exc
         rows.append((t, p, result))
     return rows, info

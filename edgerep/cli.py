@@ -35,7 +35,8 @@ examples:
 
 Each artifact is run (Core ML on Linux: its MIL program is evaluated) and compared with the PyTorch
 deploy model before it is kept; the allowed options and tolerances of each target are in targets/*.toml.
-Exit codes: 0 every artifact validated, 1 at least one failed validation (others are kept), 2 bad input.
+Exit codes: 0 every artifact validated, 1 at least one failed validation (others are kept), 2 bad input
+(including a layer some target cannot convert: that row says "unsupported", the other targets still run).
 """
 
 
@@ -60,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgerepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt:  # export and deploy write through temporary paths: nothing is left half-written
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -199,32 +200,32 @@ def _cmd_export(args: argparse.Namespace) -> int:
         tolerance={"top1_agreement": args.min_agreement} if args.min_agreement is not None else None,
         progress=None if args.json else _status,
     )
-    failed = [r for r in rows if isinstance(r[2], VerificationError)]
+    failed = [r for r in rows if isinstance(r[2], EdgerepError)]
+    code = max((r.exit_code for _, _, r in failed), default=0)  # 2 for a layer a target cannot convert
     if args.json:
         print(json.dumps({
             "ok": not failed, "model": info.model, "checkpoint": str(checkpoint), "sha256": info.sha256,
             "results": [
-                {"target": t, "precision": p, "status": "failed", "error": str(r),
-                 "validation": r.report.to_dict() if r.report is not None else None}
-                if isinstance(r, VerificationError) else
+                {"target": t, "precision": p, "status": _status_of(r), "error": str(r),
+                 "validation": r.report.to_dict() if getattr(r, "report", None) is not None else None}
+                if isinstance(r, EdgerepError) else
                 {"target": t, "precision": p, "status": "validated", "artifact": str(r.artifact),
                  "manifest": str(r.manifest_path), "size_bytes": r.size_bytes, "sha256": r.sha256,
                  "validation": r.validation.to_dict(), "warnings": r.warnings}
                 for t, p, r in rows
             ],
         }, indent=2))
-        return 1 if failed else 0
+        return code
     table_rows = []
     for t, p, r in rows:
-        v = r.report if isinstance(r, VerificationError) else r.validation
+        v = getattr(r, "report", None) if isinstance(r, EdgerepError) else r.validation
         photos = next((s for s in v.sets if s.kind == "images"), v.sets[0]) if v is not None and v.sets else None
-        status = "FAILED" if isinstance(r, VerificationError) else "validated"
         table_rows.append((
-            t, p, status,
-            "" if isinstance(r, VerificationError) else human(r.size_bytes, "B"),
+            t, p, _status_of(r),
+            "" if isinstance(r, EdgerepError) else human(r.size_bytes, "B"),
             f"{photos.max_abs:.3g}" if photos else "", f"{photos.cosine:.6f}" if photos else "",
             f"{photos.top1_agreement:.3f}" if photos else "",
-            _acc(photos), "" if isinstance(r, VerificationError) else r.artifact.name,
+            _acc(photos), "" if isinstance(r, EdgerepError) else r.artifact.name,
         ))
     print(f"{info.model}: {checkpoint} ({info.form} form, layout {info.layout})")
     print(table(["target", "precision", "status", "size", "max abs err", "cosine", "top-1 agree", "top-1 torch->artifact",

@@ -8,15 +8,17 @@ device, so ``edgerep models`` sizes every zoo model without allocating or comput
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_params", "count_macs", "count_nodes", "measure_latency"]
+__all__ = ["count_params", "count_macs", "count_nodes", "interleaved_times", "measure_latency"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -57,23 +59,34 @@ def count_nodes(model: nn.Module) -> Counter[str] | None:
     return kinds
 
 
+def interleaved_times(
+    calls: dict[str, Callable[[], object]], *, rounds: int = 7, per_round: int = 3, warmup: int = 2
+) -> dict[str, list[float]]:
+    """Wall times (ms) of every call of each zero-argument callable, measured in interleaved rounds.
+
+    Each callable is first called ``warmup`` times; then every round calls each one ``per_round`` times in
+    turn (A, B, A, B, ...). Interleaving spreads this machine's noise over every callable alike, so ratios
+    of statistics from one measurement are meaningful even when the absolute numbers drift. Any runtime
+    fits (a torch model, an onnxruntime session, a LiteRT interpreter), which is why it takes callables.
+    """
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                call()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
 @torch.no_grad()
 def measure_latency(
     models: dict[str, nn.Module], x: Tensor, *, rounds: int = 7, per_round: int = 3, warmup: int = 2
 ) -> dict[str, float]:
-    """Median wall time (ms) of ``model(x)`` for each model, measured in interleaved rounds.
-
-    Interleaving (A, B, A, B, ...) spreads this machine's noise over every model alike, so the ratio
-    of two medians from one call is meaningful even when the absolute numbers drift.
-    """
-    for m in models.values():
-        for _ in range(warmup):
-            m(x)
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for name, m in models.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                m(x)
-                samples[name].append((time.perf_counter() - t0) * 1e3)
+    """Median wall time (ms) of ``model(x)`` for each model, measured in interleaved rounds (``interleaved_times``)."""
+    calls = {k: functools.partial(m, x) for k, m in models.items()}
+    samples = interleaved_times(calls, rounds=rounds, per_round=per_round, warmup=warmup)
     return {k: statistics.median(v) for k, v in samples.items()}

@@ -7,6 +7,8 @@ programs built with coremltools' builder, evaluated and compared with torch writ
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pi
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
 from edgerep.api import preprocess_of  # noqa: E402
-from edgerep.backends.base import ExportRequest  # noqa: E402
+from edgerep.backends.base import ExportRequest, UnsupportedLayerError  # noqa: E402
 from edgerep.backends.coreml import BACKEND  # noqa: E402
 from edgerep.backends.mil_eval import SUPPORTED_OPS, MilEvaluator, UnsupportedOpError  # noqa: E402
 from edgerep.checkpoints import load_model  # noqa: E402
@@ -109,6 +111,38 @@ def test_palettized(tmp_path, precision, rel):
     if precision == "palettize4":  # grouped palettes exist only from iOS18: the target is raised, and said so
         assert info.quantization["minimum_deployment_target"] == "iOS18"
         assert any("raised" in n for n in info.notes)
+
+
+class CumMax(nn.Module):
+    """A running maximum over channels: coremltools has no conversion for torch's cummax."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(x, 1).values
+
+
+class SingularValues(nn.Module):
+    """linalg.svdvals: neither of coremltools' torch frontends converts it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.svdvals(x)
+
+
+@pytest.mark.parametrize(
+    ("layer", "source", "words"),
+    [(CumMax, "trace", "op cummax is not supported by coremltools"),
+     (SingularValues, "export", "op linalg_svdvals is not supported by coremltools")],
+    ids=["trace", "export"],
+)
+def test_unsupported_layer_is_named_with_its_op(tmp_path, layer, source, words):
+    head = nn.Sequential(OrderedDict(act=nn.ReLU(), pool=layer()))
+    model = nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 4, 1), head=head)).eval()
+    with pytest.raises(UnsupportedLayerError) as exc:
+        BACKEND.export(model, ExportRequest((1, 3, 4, 4), "fp32", options={"source": source}), tmp_path / "m.mlpackage")
+    msg = str(exc.value)
+    assert msg.startswith(f"coreml cannot convert layer head.pool ({layer.__name__}): {words}"), msg
+    other = "export" if source == "trace" else "trace"
+    assert f"--option source={other}" in msg and "\n" not in msg and exc.value.exit_code == 2
+    assert not (tmp_path / "m.mlpackage").exists()
 
 
 # --- single ops, built with the MIL builder --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from edgerep.backends import get_backend
+from edgerep.backends.base import UnsupportedLayerError
 from edgerep.checkpoints import load_model
 from edgerep.defaults import default_images_dir, default_model_name, default_model_path, default_preprocess
 from edgerep.errors import BadInputError, MissingDependencyError, VerificationError
@@ -191,6 +193,26 @@ def test_missing_dependency_gives_a_one_line_install_hint(tmp_path: Path, monkey
     with pytest.raises(MissingDependencyError):
         _export(_tiny(), tmp_path / "out", "fp32")
     assert not (tmp_path / "out").exists() or _leftovers(tmp_path / "out") == []
+
+
+class CumMax(nn.Module):
+    """A running maximum over channels: aten::cummax has no ONNX conversion in either torch exporter."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(x, 1).values
+
+
+@pytest.mark.parametrize(("exporter", "op"), [("torchscript", "aten::cummax"), ("dynamo", "aten.cummax")])
+def test_unsupported_layer_is_named_with_its_op_and_nothing_is_kept(tmp_path: Path, exporter: str, op: str) -> None:
+    head = nn.Sequential(OrderedDict(act=nn.ReLU(), pool=CumMax()))
+    model = nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 4, 1), head=head, flat=nn.Flatten())).eval()
+    with pytest.raises(UnsupportedLayerError) as exc:
+        _export(model, tmp_path / "out", options={"exporter": exporter})
+    msg = str(exc.value)
+    assert f"onnx cannot convert layer head.pool (CumMax): op {op} is not supported" in msg, msg
+    other = "dynamo" if exporter == "torchscript" else "torchscript"
+    assert f"--option exporter={other}" in msg and "\n" not in msg and exc.value.exit_code == 2
+    assert _leftovers(tmp_path / "out") == []
 
 
 def test_unknown_backend_is_refused() -> None:

@@ -8,6 +8,7 @@ marked slow; the shipped int8 check (real photos, the one that matters) always r
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (p
 
 from edgerep.api import preprocess_of  # noqa: E402
 from edgerep.backends import get_backend  # noqa: E402
-from edgerep.backends.base import ExportRequest  # noqa: E402
+from edgerep.backends.base import ExportRequest, UnsupportedLayerError  # noqa: E402
 from edgerep.checkpoints import load_model  # noqa: E402
 from edgerep.checkpoints.io import read_checkpoint  # noqa: E402
 from edgerep.defaults import default_images_dir, default_model_path  # noqa: E402
@@ -162,6 +163,25 @@ def test_bad_requests_are_refused_up_front(small, tmp_path):
 def test_run_refuses_inputs_of_the_wrong_shape(small_artifacts):
     with pytest.raises(BadInputError, match="takes input"):
         BACKEND.run(small_artifacts["fp32", "nchw"], np.zeros((1, 3, 16, 16), np.float32))
+
+
+class CumMax(nn.Module):
+    """A running maximum over channels: litert-torch has no lowering for aten.cummax."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(x, 1).values
+
+
+def test_unsupported_layer_is_named_with_its_op(tmp_path):
+    head = nn.Sequential(OrderedDict(act=nn.ReLU(), pool=CumMax()))
+    model = nn.Sequential(OrderedDict(stem=nn.Conv2d(3, 4, 1), head=head)).eval()
+    with pytest.raises(UnsupportedLayerError) as exc:
+        export(model, tmp_path / "m.tflite", "fp32", layout="nhwc")  # the layer is named in the user's model
+    msg = str(exc.value)
+    assert "tflite cannot convert layer head.pool (CumMax): op aten.cummax.default is not supported by litert-torch" \
+        in msg
+    assert "Lowering not found" in msg and "another target" in msg and "\n" not in msg
+    assert exc.value.exit_code == 2 and not (tmp_path / "m.tflite").exists()
 
 
 def test_shipped_int8_on_real_photos(shipped, photos, tmp_path):

@@ -27,17 +27,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BadInputError, require
-from .base import ExportInfo, ExportRequest
+from ..errors import BadInputError, EdgerepError, require
+from .base import ExportInfo, ExportRequest, conversion_error
 from .mil_eval import MilEvaluator, load_program, op_types
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 
 # Import now so a missing package is reported when the backend is chosen, not halfway through an export.
+logging.getLogger("coremltools").setLevel(logging.ERROR)  # its import warns that predict() needs macOS
 ct = require("coremltools", "coreml")
 
 _TARGETS = ("iOS16", "iOS17", "iOS18")
+# How coremltools names a torch op it has no conversion for, or the node a torch.export'ed graph failed at.
+_OP_PATTERNS = (r"convert function for op '(\w+)'", r"Unsupported fx node (\w+)", r"target=torch\.ops\.([\w.]+)")
 _PALETTE_BITS = {"palettize4": 4, "palettize6": 6, "palettize8": 8}
 _GROUPED_PALETTE = {4: 16}  # nbits -> output channels per palette (per_grouped_channel, iOS18+)
 _GROUPED_MIN_TARGET = "iOS18"
@@ -66,7 +69,18 @@ class CoreMLBackend:
             target = _GROUPED_MIN_TARGET
         compute = {"fp32": "fp32", "fp16": "fp16"}.get(precision, str(opts.get("compute_precision", "fp16")))
 
-        mlmodel = _convert(model, request.input_shape, str(opts.get("source", "trace")), target, compute)
+        source = str(opts.get("source", "trace"))
+        try:
+            mlmodel = _convert(model, request.input_shape, source, target, compute)
+        except EdgerepError:
+            raise
+        except Exception as exc:  # one line naming the layer and op coremltools could not convert
+            other = "export" if source == "trace" else "trace"
+            raise conversion_error(
+                "coreml", f"coremltools {ct.__version__} (source={source}, {target})", exc, _OP_PATTERNS, model,
+                torch.zeros(request.input_shape),
+                f"replace or remove the layer, try --option source={other}, or export to another target",
+            ) from exc
         quant: dict = {"minimum_deployment_target": target, "compute_precision": compute}
         if precision == "w8":
             mlmodel, info = _quantize_weights(mlmodel)

@@ -25,13 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadInputError, require
-from .base import ExportInfo, ExportRequest
+from ..errors import BadInputError, EdgerepError, require
+from .base import ExportInfo, ExportRequest, conversion_error
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 _CALIBRATE_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
+# How torch.onnx names the op it cannot export: TorchScript exporter, then the dynamo exporter's dispatch
+# summary, then its "Error when translating node ... target=torch.ops.aten.x.default".
+_OP_PATTERNS = (r"the operator '([\w:.]+)'", r"OpOverload\(op='([\w.]+)'", r"target=torch\.ops\.([\w.]+)")
 
 # Import now so a missing package is reported when the backend is chosen, not halfway through an export.
 onnx = require("onnx", "onnx")
@@ -49,7 +52,8 @@ class OnnxBackend:
         opts = request.options
         with tempfile.TemporaryDirectory(prefix="edgerep-onnx-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
-            _torch_export(model, request.input_shape, fp32, int(opts.get("opset", 18)), opts.get("exporter", "dynamo"))
+            opset, exporter = int(opts.get("opset", 18)), opts.get("exporter", "dynamo")
+            _export_or_explain(model, request.input_shape, fp32, opset, exporter)
             proto = onnx.load(str(fp32))
             if opts.get("simplify", True):
                 proto = require("onnxslim", "onnx").slim(proto)
@@ -88,11 +92,28 @@ class OnnxBackend:
         return np.concatenate(outs).astype(np.float32, copy=False)
 
 
+def _export_or_explain(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int, exporter: str) -> None:
+    """``_torch_export``; an exporter failure becomes one line naming the layer and op it could not export."""
+    try:
+        _torch_export(model, shape, path, opset, exporter)
+    except EdgerepError:
+        raise
+    except Exception as exc:
+        other = "torchscript" if exporter == "dynamo" else "dynamo"
+        raise conversion_error(
+            "onnx", f"torch.onnx.export ({exporter} exporter, opset {opset})", exc, _OP_PATTERNS, model,
+            torch.zeros(shape),
+            f"replace or remove the layer, try --option exporter={other} or a higher --option opset,"
+            " or export to another target",
+        ) from exc
+
+
 def _torch_export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int, exporter: str) -> None:
     """torch.onnx.export into one file, quietly (the exporter prints progress and torchvision notices)."""
     example = (torch.zeros(shape),)
     kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     if exporter == "dynamo":
+        require("onnxscript", "onnx")  # the dynamo exporter builds its graph with onnxscript
         kwargs.update(dynamo=True, external_data=False, verbose=False, optimize=True)
     else:
         kwargs.update(dynamo=False, do_constant_folding=True)

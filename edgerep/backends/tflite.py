@@ -28,11 +28,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadInputError, require
-from .base import ExportInfo, ExportRequest
+from ..errors import BadInputError, EdgerepError, require
+from .base import ExportInfo, ExportRequest, conversion_error
 
 NCHW_INPUT = "image"
 NHWC_INPUT = "image_nhwc"
+# How litert-torch names an op it cannot lower ("Lowering not found: aten.cummax.default"), or the node it was
+# lowering when a lowering itself refused ("While executing %x : ... target=torch.ops.aten._fft_r2c.default").
+_OP_PATTERNS = (r"Lowering not found: ([\w.]+)", r"target=torch\.ops\.([\w.]+)")
 RUN_THREADS = 1  # validation runs beside other work on small hosts; 1 thread is the reproducible baseline
 
 # Import now so a missing package is reported when the backend is chosen, not halfway through an export.
@@ -84,12 +87,20 @@ class TFLiteBackend:
         name = NHWC_INPUT if nhwc else NCHW_INPUT
         notes = [f"{request.layout.upper()} input, batch 1"]
 
-        if request.precision == "int8":
-            calib = request.calibration.float()
-            edge = _convert_int8(wrapped, name, sample, calib.permute(0, 2, 3, 1) if nhwc else calib)
-            notes.append("full-integer static int8 (PT2E, symmetric per-channel weights); int8 input and output")
-        else:
-            edge = _convert(wrapped, name, sample)
+        try:
+            if request.precision == "int8":
+                calib = request.calibration.float()
+                edge = _convert_int8(wrapped, name, sample, calib.permute(0, 2, 3, 1) if nhwc else calib)
+                notes.append("full-integer static int8 (PT2E, symmetric per-channel weights); int8 input and output")
+            else:
+                edge = _convert(wrapped, name, sample)
+        except EdgerepError:
+            raise
+        except Exception as exc:  # one line naming the layer and op litert-torch could not convert
+            raise conversion_error(
+                "tflite", "litert-torch", exc, _OP_PATTERNS, model, torch.zeros(request.input_shape),
+                "replace or remove the layer, or export to another target (onnx, coreml)",
+            ) from exc
         with tempfile.TemporaryDirectory(prefix="edgerep-tflite-") as tmp:
             fp32 = Path(tmp) / "model.tflite"
             with _quiet():
@@ -146,6 +157,7 @@ def _convert(module: nn.Module, name: str, sample: Tensor, **kwargs):
 
 def _convert_int8(module: nn.Module, name: str, sample: Tensor, calibration: Tensor):
     """PT2E full-integer int8: export, observe activations on every calibration image, convert, lower."""
+    require("torchao", "tflite")  # PT2E lives in torchao; without it the import below is a bare traceback
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
@@ -168,6 +180,7 @@ def _convert_int8(module: nn.Module, name: str, sample: Tensor, calibration: Ten
 
 def _fp16_weights(fp32_path: Path) -> bytes:
     """The fp32 artifact with every conv / fully-connected weight stored as float16 (dequantized at load)."""
+    require("ai_edge_quantizer", "tflite")
     from ai_edge_quantizer import qtyping, quantizer
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
