@@ -238,10 +238,12 @@ def make_call(art: Artifact, x: np.ndarray, threads: int) -> Callable[[], object
     if art.runtime == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
+        from edgerep.backends.tflite import to_input
+
         interp = Interpreter(model_path=str(art.file), num_threads=threads)
         interp.allocate_tensors()
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
-        fed = _as_input(x, inp)  # int8 models take int8 input: quantized once, as a camera pipeline would
+        fed = to_input(x, inp)  # int8 models take int8 input: quantized once, as a camera pipeline would
 
         def run_litert() -> object:
             interp.set_tensor(inp["index"], fed)
@@ -250,15 +252,6 @@ def make_call(art: Artifact, x: np.ndarray, threads: int) -> Callable[[], object
 
         return run_litert
     raise ValueError(f"unknown runtime {art.runtime!r}; use one of {', '.join(RUNTIMES)}")
-
-
-def _as_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return x
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
 
 def _rel_error(art: Artifact, x: np.ndarray, ref: torch.Tensor) -> float:

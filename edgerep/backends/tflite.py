@@ -131,7 +131,7 @@ class TFLiteBackend:
             raise BadInputError(f"{path.name} takes input {tuple(inp['shape'])}, got images of shape {x.shape}")
         outs = []
         for i in range(len(x)):
-            interp.set_tensor(inp["index"], _to_input(x[i : i + 1], inp))
+            interp.set_tensor(inp["index"], to_input(x[i : i + 1], inp))
             interp.invoke()
             outs.append(_from_output(interp.get_tensor(out["index"]), out))
         return np.concatenate(outs)
@@ -206,7 +206,8 @@ def _qparams(detail: dict) -> dict:
     return {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zero_point)}
 
 
-def _to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+def to_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float input as the interpreter tensor wants it: quantized with its scale/zero point for int8 I/O."""
     dtype = np.dtype(detail["dtype"])
     if dtype == np.float32:
         return x
