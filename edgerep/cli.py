@@ -233,7 +233,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"artifacts and manifests in {args.output_dir}/")
     for t, p, r in failed:
         print(f"error: {t} {p}: {r}", file=sys.stderr)
-    return 1 if failed else 0
+    return code
+
+
+def _status_of(result: object) -> str:
+    if isinstance(result, VerificationError):
+        return "FAILED"
+    return "unsupported" if isinstance(result, EdgerepError) else "validated"
 
 
 # The embedded default's whole path: each target in fp32 and its smallest validated form (Core ML W8A8 needs

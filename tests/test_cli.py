@@ -152,3 +152,16 @@ def test_export_validates_and_writes_manifest(capsys, tmp_path):
     # a precision the target does not offer is refused up front, before anything is exported
     code, _, err = run(capsys, "export", MODEL, "-c", ckpt, "--target", "coreml", "--precision", "int4", "-o", str(tmp_path / "x"))
     assert code == 2 and "int4" in err and not (tmp_path / "x").exists()
+
+
+def test_export_prints_a_status_table_and_exit_codes(capsys, tmp_path):
+    from edgerep import defaults
+
+    ckpt = str(defaults.default_model_path())
+    code, stdout, _ = run(capsys, "export", MODEL, "-c", ckpt, "--target", "onnx", "--precision", "fp32", "-o", str(tmp_path))
+    assert code == 0 and "validated" in stdout and "repghostnet_050-fp32.onnx" in stdout
+    # an impossible agreement floor fails int8 validation: exit 1, the row says FAILED, no artifact kept
+    code, stdout, err = run(capsys, "export", MODEL, "-c", ckpt, "--target", "onnx", "--precision", "int8",
+                            "--calib", str(defaults.default_images_dir()), "--min-agreement", "1.01", "-o", str(tmp_path / "f"))
+    assert code == 1 and "FAILED" in stdout and "error: onnx int8" in err
+    assert not list((tmp_path / "f").glob("*.onnx"))
