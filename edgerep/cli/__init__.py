@@ -1,0 +1,67 @@
+"""The ``edgerep`` command: parse arguments, dispatch to one module per command, map errors to exit codes.
+
+Exit codes: 0 done, 1 verification or gate failed, 2 bad input (one line on stderr, no traceback).
+Each command lives in its own module of this package and exposes ``ORDER`` (its place in ``--help``),
+``register(sub)`` (adds its subparser and sets ``func``); new commands are found without editing this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+import warnings
+
+from .. import __version__
+from ..errors import EdgerepError, VerificationError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except VerificationError as exc:
+        if exc.report is not None and not getattr(args, "json", False):
+            from ..report import format_deploy_report
+
+            print(format_deploy_report(exc.report))
+        elif exc.report is not None:
+            print(json.dumps({"ok": False, "error": str(exc), "report": exc.report.to_dict()}, indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except EdgerepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # every command writes through temporary paths: nothing is left half-written
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgerep",
+        description="Re-parameterized CNNs from training checkpoint to verified phone artifact.",
+        epilog="Run `edgerep COMMAND --help` for each command's options and examples.",
+    )
+    p.add_argument("--version", action="version", version=f"edgerep {__version__}")
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    for module in sorted(_command_modules(), key=lambda m: m.ORDER):
+        module.register(sub)
+    return p
+
+
+def _command_modules() -> list:
+    """Every module of this package with a ``register`` function; helpers (``common``) have none."""
+    found = (importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__))
+    return [m for m in found if hasattr(m, "register")]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

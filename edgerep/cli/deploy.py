@@ -1,0 +1,93 @@
+"""`edgerep deploy`: fuse a training-form checkpoint and prove the deploy form equivalent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..errors import BadInputError
+from .common import status
+
+ORDER = 10
+
+EPILOG = """\
+examples:
+  edgerep deploy                                   # the shipped default model and photos
+  edgerep deploy repvgg_a0 -c repvgg_a0.pth -o repvgg_a0_deploy.pt
+  edgerep deploy repvgg_a0 -c RepVGG-A0-train.pth --layout original --images photos/ --json
+
+The checkpoint may come from timm, from the original papers' repositories or from edgerep; its layout
+is detected from its keys (force one with --layout). It must be in training form: a deploy-form
+checkpoint is already fused (give it to `edgerep export`). The deploy checkpoint is written only when
+every check passes (relative error = max|deploy - train| / max|train| <= --rtol).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "deploy",
+        help="fuse every re-param block into its deploy form and prove equivalence",
+        description="Load a training-form checkpoint, fuse every re-param block, verify the deploy form "
+        "against the training form (random inputs, real photos, the checkpoint's own reference outputs), "
+        "and write the deploy checkpoint.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("model", nargs="?", help="zoo model name (see `edgerep models`); default: the shipped demo model")
+    d.add_argument("-c", "--checkpoint", help="training-form checkpoint (.pt/.pth); default: the shipped demo checkpoint")
+    d.add_argument("-o", "--output", help="where to write the deploy checkpoint (atomically); omit to only verify")
+    d.add_argument(
+        "--layout", choices=["auto", "timm", "original", "edgerep"], default="auto",
+        help="key layout of the checkpoint (default: detected from its keys)",
+    )
+    d.add_argument("--images", help="folder of real photos for the check (default: the shipped CIFAR-10 sample)")
+    d.add_argument("--no-images", action="store_true", help="check on random inputs only")
+    d.add_argument("--rtol", type=float, default=1e-5, help="tolerated relative error (default: 1e-5, fp32)")
+    d.add_argument("--no-latency", action="store_true", help="skip the train-vs-deploy torch timing")
+    d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    d.set_defaults(func=run)
+
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import defaults
+    from ..api import deploy_checkpoint
+    from ..report import format_deploy_report
+
+    name, checkpoint = args.model, args.checkpoint
+    if name is None and checkpoint is None:
+        name, checkpoint = defaults.default_model_name(), str(defaults.default_model_path())
+    elif checkpoint is None:
+        raise BadInputError(f"give the checkpoint of {name} with --checkpoint PATH (see `edgerep deploy --help`)")
+    images = None if args.no_images else (args.images or defaults.default_images_dir())
+    status(f"deploying {name + ' from ' if name else ''}{checkpoint}")
+    t0 = time.perf_counter()
+    result = deploy_checkpoint(
+        name,
+        checkpoint,
+        output=args.output,
+        layout=None if args.layout == "auto" else args.layout,
+        rtol=args.rtol,
+        images=images,
+        latency=not args.no_latency,
+    )
+    src = result.source
+    if args.json:
+        print(json.dumps({
+            "ok": True,
+            "model": src.model,
+            "checkpoint": str(checkpoint),
+            "layout": src.layout,
+            "sha256": src.sha256,
+            "output": str(result.output) if result.output else None,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "report": result.report.to_dict(),
+        }, indent=2))
+        return 0
+    print(f"{src.model}: {checkpoint} (layout {src.layout}, {src.form} form, {src.num_classes} classes)")
+    print(format_deploy_report(result.report))
+    print(f"wrote {result.output}" if result.output else "verified only; add -o PATH to write the deploy checkpoint")
+    return 0
+
+

@@ -1,0 +1,131 @@
+"""`edgerep export`: export to every target and precision, validate each artifact, write manifests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import BadInputError, EdgerepError, VerificationError
+from .common import key_value, split_list, status
+
+ORDER = 20
+
+EPILOG = """\
+examples:
+  edgerep export                                      # shipped model -> every target, fp32 + 8-bit
+  edgerep export repvgg_a0 -c ck.pth --target onnx --precision int8 --calib photos/
+  edgerep export repghostnet_100 -c ck.pth --target coreml --precision fp16,palettize6 -o out/ --json
+
+Each artifact is run (Core ML on Linux: its MIL program is evaluated) and compared with the PyTorch
+deploy model before it is kept; the allowed options and tolerances of each target are in targets/*.toml.
+Exit codes: 0 every artifact validated, 1 at least one failed validation (others are kept), 2 bad input
+(including a layer some target cannot convert: that row says "unsupported", the other targets still run).
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "export",
+        help="export to ONNX / TFLite / Core ML, validate each artifact against PyTorch, write a manifest",
+        description="Load a checkpoint (a train-form one is fused and verified first), export it to each "
+        "target and precision, run every artifact (Core ML on Linux: evaluate its MIL program) on real photos "
+        "and random inputs, compare with the PyTorch deploy model, and keep only artifacts that pass, each "
+        "with a JSON manifest (input spec, preprocessing, labels, validation, hashes, tool versions).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("model", nargs="?", help="zoo model name; default: the shipped demo model")
+    e.add_argument("-c", "--checkpoint", help="train- or deploy-form checkpoint; default: the shipped demo checkpoint")
+    e.add_argument("--target", default=None, help="onnx, tflite, coreml, or all; comma-separated list allowed")
+    e.add_argument("--precision", default=None, help="fp32, fp16, int8, w8, palettize4/6/8 (per target); comma list")
+    e.add_argument("--calib", help="folder of calibration photos for int8 (>= ~300 recommended)")
+    e.add_argument("--val", help="folder of validation photos (default: the calibration photos)")
+    e.add_argument("-o", "--output-dir", default="edgerep-out", help="where artifacts and manifests go")
+    e.add_argument("--layout", choices=["auto", "timm", "original", "edgerep"], default="auto")
+    e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="target option, e.g. opset=18")
+    e.add_argument("--min-agreement", type=float, help="int8 top-1 agreement floor (default: the target's)")
+    e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    e.set_defaults(func=run)
+
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import defaults
+    from ..api import export_checkpoint
+    from ..report import human, table
+    from ..targets import target_names
+
+    name, checkpoint = args.model, args.checkpoint
+    demo = name is None and checkpoint is None
+    if demo:  # the embedded default: the whole path on the shipped model and photos
+        name, checkpoint = defaults.default_model_name(), str(defaults.default_model_path())
+    elif checkpoint is None:
+        raise BadInputError(f"give the checkpoint of {name} with --checkpoint PATH (see `edgerep export --help`)")
+    if demo and args.target is None and args.precision is None:
+        plan = DEMO_PLAN
+    else:
+        targets = split_list(args.target or "onnx")
+        targets = target_names() if targets == ["all"] else targets
+        plan = [(t, p) for t in targets for p in split_list(args.precision or "fp32")]
+    calib = args.calib or (str(defaults.default_images_dir()) if demo else None)
+    options = dict(key_value(o) for o in args.option)
+    rows, info = export_checkpoint(
+        name, checkpoint, plan=plan, output_dir=args.output_dir,
+        calibration=calib, validation=args.val or calib, layout=None if args.layout == "auto" else args.layout,
+        options=options or None,
+        tolerance={"top1_agreement": args.min_agreement} if args.min_agreement is not None else None,
+        progress=None if args.json else status,
+    )
+    failed = [r for r in rows if isinstance(r[2], EdgerepError)]
+    code = max((r.exit_code for _, _, r in failed), default=0)  # 2 for a layer a target cannot convert
+    if args.json:
+        print(json.dumps({
+            "ok": not failed, "model": info.model, "checkpoint": str(checkpoint), "sha256": info.sha256,
+            "results": [
+                {"target": t, "precision": p, "status": _status_of(r), "error": str(r),
+                 "validation": r.report.to_dict() if getattr(r, "report", None) is not None else None}
+                if isinstance(r, EdgerepError) else
+                {"target": t, "precision": p, "status": "validated", "artifact": str(r.artifact),
+                 "manifest": str(r.manifest_path), "size_bytes": r.size_bytes, "sha256": r.sha256,
+                 "validation": r.validation.to_dict(), "warnings": r.warnings}
+                for t, p, r in rows
+            ],
+        }, indent=2))
+        return code
+    table_rows = []
+    for t, p, r in rows:
+        v = getattr(r, "report", None) if isinstance(r, EdgerepError) else r.validation
+        photos = next((s for s in v.sets if s.kind == "images"), v.sets[0]) if v is not None and v.sets else None
+        table_rows.append((
+            t, p, _status_of(r),
+            "" if isinstance(r, EdgerepError) else human(r.size_bytes, "B"),
+            f"{photos.max_abs:.3g}" if photos else "", f"{photos.cosine:.6f}" if photos else "",
+            f"{photos.top1_agreement:.3f}" if photos else "",
+            _acc(photos), "" if isinstance(r, EdgerepError) else r.artifact.name,
+        ))
+    print(f"{info.model}: {checkpoint} ({info.form} form, layout {info.layout})")
+    print(table(["target", "precision", "status", "size", "max abs err", "cosine", "top-1 agree", "top-1 torch->artifact",
+                 "artifact"], table_rows, right={3, 4, 5, 6}))
+    print(f"artifacts and manifests in {args.output_dir}/")
+    for t, p, r in failed:
+        print(f"error: {t} {p}: {r}", file=sys.stderr)
+    return code
+
+
+def _status_of(result: object) -> str:
+    if isinstance(result, VerificationError):
+        return "FAILED"
+    return "unsupported" if isinstance(result, EdgerepError) else "validated"
+
+
+# The embedded default's whole path: each target in fp32 and its smallest validated form (Core ML W8A8 needs
+# macOS to calibrate, so its 8-bit form here is weight-only).
+DEMO_PLAN = [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8"), ("coreml", "fp32"), ("coreml", "w8")]
+
+
+def _acc(s) -> str:
+    if s is None or s.accuracy_reference is None:
+        return ""
+    return f"{s.accuracy_reference:.3f} -> {s.accuracy_artifact:.3f}"
+
