@@ -38,14 +38,23 @@ def deploy(
     references: list[tuple[str, Tensor, Tensor]] = (),
     latency: bool = True,
     train_mode: str = "fix",
+    generic: bool = False,
 ) -> tuple[nn.Module, DeployReport]:
     """Fuse every re-param block of ``model`` and prove the deploy form computes the same function.
 
-    Raises ``VerificationError`` (with ``.report``) when any check exceeds ``rtol``; the training model
-    is left untouched either way.
+    ``generic`` uses the graph pass that knows no block class (``edgerep.reparam.generic``) instead of the
+    blocks' own ``fuse()``; its deploy form is a ``torch.fx.GraphModule``. Raises ``VerificationError``
+    (with ``.report``) when any check exceeds ``rtol``; the training model is left untouched either way.
     """
-    blocks = count_blocks(model)
-    deployed = reparameterize(model, train_mode=train_mode)
+    if generic:
+        from .reparam.generic import generic_pass
+
+        example = next(model.parameters()).new_zeros(1, *input_size)
+        deployed, greport = generic_pass(model, example, train_mode=train_mode)
+        blocks = greport.summary()
+    else:
+        blocks = count_blocks(model)
+        deployed = reparameterize(model, train_mode=train_mode)
     report = verify_deploy(
         model,
         deployed,
@@ -86,14 +95,21 @@ def deploy_checkpoint(
     images: str | Path | None = None,
     n_images: int = 8,
     latency: bool = True,
+    generic: bool = False,
 ) -> DeployResult:
     """Load a train-form checkpoint in any known layout, deploy it, verify, and write the deploy checkpoint.
 
     ``name`` may be None for edgerep checkpoints (their meta names the model). ``images`` is a folder of
     real photos for the check. Reference outputs stored in the checkpoint file (``input`` with
     ``output_train`` / ``output_deploy``, as the fixtures of other projects carry them) become checks
-    too. Nothing is written unless every check passes; the file appears atomically.
+    too. Nothing is written unless every check passes; the file appears atomically. ``generic``: see
+    ``deploy``; it only verifies (its traced deploy form is not a zoo architecture a checkpoint can load into).
     """
+    if generic and output is not None:
+        raise BadInputError(
+            "--generic only verifies: its deploy form is a traced graph, not a zoo architecture a checkpoint "
+            "loads into; drop -o, or write the checkpoint without --generic"
+        )
     if output is not None:
         _check_writable(Path(output))
     obj = read_checkpoint(checkpoint)
@@ -113,6 +129,7 @@ def deploy_checkpoint(
         images_label=label,
         references=_references(obj),
         latency=latency,
+        generic=generic,
     )
     out = None
     if output is not None:

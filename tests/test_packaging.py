@@ -29,8 +29,11 @@ def test_every_subpackage_is_in_the_wheel(wheel_names):
 
 
 def test_data_ships_in_the_wheel(wheel_names):
-    for toml in (ROOT / "targets").glob("*.toml"):
-        assert f"edgerep/_targets/{toml.name}" in wheel_names
+    for folder, package in (("targets", "_targets"), ("device_profiles", "_device_profiles")):
+        tomls = list((ROOT / folder).glob("*.toml"))
+        assert tomls
+        for toml in tomls:
+            assert f"edgerep/{package}/{toml.name}" in wheel_names
     assert "edgerep/data/models/repghostnet_050_cifar10.pt" in wheel_names
     assert "edgerep/data/cifar10/SOURCE.md" in wheel_names
     assert sum(n.startswith("edgerep/data/cifar10/test/") and n.endswith(".jpg") for n in wheel_names) == 200

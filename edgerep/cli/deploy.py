@@ -16,6 +16,7 @@ examples:
   edgerep deploy                                   # the shipped default model and photos
   edgerep deploy repvgg_a0 -c repvgg_a0.pth -o repvgg_a0_deploy.pt
   edgerep deploy repvgg_a0 -c RepVGG-A0-train.pth --layout original --images photos/ --json
+  edgerep deploy mobileone_s0 -c mobileone_s0.pth --generic   # block-agnostic graph pass, verify only
 
 The checkpoint may come from timm, from the original papers' repositories or from edgerep; its layout
 is detected from its keys (force one with --layout). It must be in training form: a deploy-form
@@ -45,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--no-images", action="store_true", help="check on random inputs only")
     d.add_argument("--rtol", type=float, default=1e-5, help="tolerated relative error (default: 1e-5, fp32)")
     d.add_argument("--no-latency", action="store_true", help="skip the train-vs-deploy torch timing")
+    d.add_argument(
+        "--generic", action="store_true",
+        help="fuse with the graph pass that knows no block class (traces the model, merges every exact "
+        "branch set and conv chain); verifies only, writes no checkpoint",
+    )
     d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     d.set_defaults(func=run)
 
@@ -71,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         rtol=args.rtol,
         images=images,
         latency=not args.no_latency,
+        generic=args.generic,
     )
     src = result.source
     if args.json:
@@ -87,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{src.model}: {checkpoint} (layout {src.layout}, {src.form} form, {src.num_classes} classes)")
     print(format_deploy_report(result.report))
-    print(f"wrote {result.output}" if result.output else "verified only; add -o PATH to write the deploy checkpoint")
+    hint = " (--generic writes no checkpoint)" if args.generic else "; add -o PATH to write the deploy checkpoint"
+    print(f"wrote {result.output}" if result.output else f"verified only{hint}")
     return 0
 
 

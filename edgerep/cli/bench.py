@@ -1,0 +1,108 @@
+"""`edgerep bench`: the accuracy-latency trade-off of models x targets x precisions x devices."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import BadInputError
+from .common import split_list, status
+
+ORDER = 60
+
+EPILOG = """\
+examples:
+  edgerep bench                                         # shipped model, onnx+tflite fp32/int8, host + pixel4
+  edgerep bench repghostnet_050=ck.pt repvgg_a0=a0.pt --targets onnx,tflite --precisions fp32,int8 \\
+      --devices host,pixel7 --threads 1,2 --images photos/ -o bench-out/
+  edgerep bench mobileone_s0 repvgg_a0 --devices pixel4   # bare zoo names: random weights, latency only
+
+MODEL is NAME=CHECKPOINT, an edgerep checkpoint path, or a bare zoo name (random weights: its accuracy
+column stays empty, agreement with fp32 is still measured). Devices: `host` (measured here with each
+artifact's runtime), ssh://user@host (measured on the device), adb:SERIAL (TFLite, with your
+benchmark_model build), or a profile name from `edgerep profile --list` (predicted, always labelled so).
+Writes tradeoff.md, tradeoff.csv, tradeoff.json and tradeoff.png (accuracy vs latency, one colour per
+target, the Pareto front marked) into the output folder; a row whose stage failed is kept and marked.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="accuracy-latency trade-off table and Pareto plot over models, targets, precisions, devices",
+        description="For each model: deploy, export to each target and precision, validate and evaluate each "
+        "artifact on labelled photos, time it on each device (measured or predicted), and write the "
+        "trade-off as Markdown, CSV, JSON and a Pareto plot.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("models", nargs="*", metavar="MODEL", help="NAME=CKPT, a checkpoint, or a zoo name")
+    b.add_argument("--targets", default="onnx,tflite", help="comma list (default: onnx,tflite)")
+    b.add_argument("--precisions", default="fp32,int8", help="comma list (default: fp32,int8)")
+    b.add_argument("--devices", default="host,pixel4", help="comma list (default: host,pixel4)")
+    b.add_argument("--threads", default="1", help="comma list of thread counts (default: 1)")
+    b.add_argument("--images", help="labelled photos, one folder per class (default: the shipped CIFAR-10 sample)")
+    b.add_argument("--calib", help="calibration photos for int8 (default: --images)")
+    b.add_argument("-o", "--output-dir", default="edgerep-bench", help="where artifacts and the report go")
+    b.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    b.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    b.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import defaults
+    from ..targets import get_target
+    from ..tradeoff.run import run_bench
+    from ..tradeoff.table import terminal_table, to_csv, to_json, to_markdown
+
+    models = args.models or [f"{defaults.default_model_name()}={defaults.default_model_path()}"]
+    plan = [(t, p) for t in split_list(args.targets) for p in split_list(args.precisions)]
+    for t, p in plan:
+        get_target(t).precision(p)  # refused up front, with the allowed list
+    devices = split_list(args.devices)
+    threads = _threads(args.threads)
+    _check_devices(devices)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_bench(
+        models, plan, devices, threads, output_dir=out, images=args.images or defaults.default_images_dir(),
+        calibration=args.calib, progress=status,
+    )
+    for suffix, text in ((".md", to_markdown(rows)), (".csv", to_csv(rows)), (".json", to_json(rows))):
+        _write(out / f"tradeoff{suffix}", text)
+    written = [f"tradeoff{s}" for s in (".md", ".csv", ".json")]
+    if not args.no_plot:
+        from ..tradeoff.plot import plot_tradeoff
+
+        plot_tradeoff(rows, out / "tradeoff.png")
+        written.append("tradeoff.png")
+    if args.json:
+        print(to_json(rows), end="")
+    else:
+        print(terminal_table(rows))
+        print(f"wrote {', '.join(written)} in {out}/ (latency kind: measured here / on a device, or predicted)")
+    return 0
+
+
+def _threads(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in split_list(text)]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise BadInputError(f"--threads {text!r}: give positive integers, e.g. --threads 1,2")
+    return values
+
+
+def _check_devices(devices: list[str]) -> None:
+    from ..profile.profiles import get_profile
+
+    for d in devices:
+        if not (d == "host" or d.startswith(("ssh://", "adb:"))):
+            get_profile(d)  # unknown names are refused here with the list of known ones
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(text)
+    tmp.replace(path)

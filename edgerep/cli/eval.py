@@ -1,0 +1,164 @@
+"""`edgerep eval`: top-1 / top-5 and agreement with fp32 of checkpoints and artifacts, on real images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import BadInputError
+from .common import status
+
+ORDER = 30
+
+EPILOG = """\
+examples:
+  edgerep eval                                        # the shipped model on the shipped 200 CIFAR-10 photos
+  edgerep eval edgerep-out/                           # every artifact edgerep export wrote, one table
+  edgerep eval model-int8.tflite --data photos/ --reference ck.pt
+  edgerep eval ck.pth --model repvgg_a0 --data val.npz --json
+  edgerep eval edgerep-out/ -o results.json && edgerep check results.json --baseline accuracy.json
+
+An artifact is run by its own runtime (ONNX: onnxruntime, TFLite: LiteRT, Core ML: MLModel.predict on macOS,
+its MIL program evaluated elsewhere) on images preprocessed as its manifest (the .json beside it) says.
+Class folders are matched to the model's labels by name; an .npz holds `images` (N,H,W,3 uint8 or N,3,H,W
+float, preprocessed) and optional `labels` (indices). Agreement with the fp32 PyTorch model (top-1 match,
+mean KL, cosine of logits) needs no labels; an artifact's reference is by default the checkpoint its
+manifest names, when that file is still there unchanged.
+Exit codes: 0 measured (eval judges nothing: `edgerep check` does), 2 bad input.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser(
+        "eval",
+        help="accuracy (top-1/top-5) and agreement with fp32 of checkpoints and exported artifacts",
+        description="Measure top-1 / top-5 on labelled images and agreement with the fp32 PyTorch model (top-1 "
+        "match, mean KL, cosine) of PyTorch checkpoints and of exported artifacts run through their own runtime.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("paths", nargs="*", metavar="ARTIFACT_OR_CHECKPOINT",
+                   help="artifacts (.onnx, .tflite, .mlpackage, or their manifest .json), checkpoints, or folders of"
+                   " artifacts; default: the shipped checkpoint")
+    e.add_argument("--model", help="zoo model name, for checkpoints that do not record it or artifacts without"
+                   " a manifest")
+    e.add_argument("--data", help="image folder (one subfolder per class, or flat: agreement only) or .npz;"
+                   " default: the shipped 200 CIFAR-10 test photos")
+    ref = e.add_mutually_exclusive_group()
+    ref.add_argument("--reference", metavar="CKPT", help="fp32 PyTorch checkpoint to measure agreement against;"
+                     " default: the checkpoint an artifact's manifest names")
+    ref.add_argument("--no-reference", action="store_true", help="skip the agreement measurement")
+    e.add_argument("--batch-size", type=int, default=64, help="images per runtime call (fixed-batch artifacts loop)")
+    e.add_argument("-o", "--output", metavar="RESULTS.json",
+                   help="also write the results JSON here (for edgerep check)")
+    e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    e.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import defaults
+    from ..evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
+    from ..manifest import write_manifest
+
+    data = open_data(args.data or defaults.default_images_dir())  # bad data fails before any model is loaded
+    paths = expand(args.paths) if args.paths else [defaults.default_model_path()]
+    output = _output(args.output)
+    fixed_ref = open_reference(args.reference, args.model) if args.reference else None
+    refs: dict[Path, Reference] = {}  # by checkpoint: each reference runs once for all its artifacts
+    say = (lambda _msg: None) if args.json else status
+    results = []
+    for path in paths:
+        subject = open_subject(path, args.model)
+        reference = fixed_ref
+        if reference is None and not args.no_reference and subject.source is not None:
+            if subject.source not in refs:
+                refs[subject.source] = open_reference(subject.source, subject.model)
+            reference = refs[subject.source]
+        say(f"evaluating {path.name} ({subject.target} {subject.precision}) on {data.count} images")
+        results.append(evaluate(subject, data, reference=reference, batch_size=args.batch_size,
+                                progress=None if args.json else _progress()))
+    doc = results_document(results, data)
+    if output is not None:
+        write_manifest(output, doc)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(format_results(results, data.describe()))
+        if output is not None:
+            print(f"results written to {output}")
+    return 0
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Artifacts, checkpoints and folders of artifacts -> the files to evaluate, in order, once each.
+
+    A manifest stands for its artifact, so ``edgerep eval edgerep-out/*`` works as well as ``edgerep-out/``.
+    """
+    from ..evaluate import artifact_suffixes
+
+    suffixes = artifact_suffixes()
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.suffix == ".json" and Path(p.name[:-5]).suffix in suffixes:
+            p = p.with_name(p.name[:-5])
+        if p.is_dir() and p.suffix not in suffixes:
+            found = sorted(c for c in p.iterdir() if c.suffix in suffixes and not c.name.startswith("."))
+            if not found:
+                raise BadInputError(f"folder {p} holds no artifacts ({', '.join(suffixes)}); export some with"
+                                    " edgerep export, or name the files")
+            out += found
+        elif not p.exists():
+            raise BadInputError(f"{p} does not exist; give an artifact, a checkpoint or a folder of artifacts")
+        else:
+            out.append(p)
+    return list(dict.fromkeys(out))
+
+
+def format_results(results: list, data: str) -> str:
+    from ..report import human, table
+
+    rows = []
+    for r in results:
+        a = r.agreement
+        rows.append((
+            Path(r.path).name, r.target, r.precision, _pct(r.top1), _pct(r.top5),
+            "" if a is None else f"{a.top1:.3f}", "" if a is None else f"{a.cosine:.6f}",
+            "" if a is None else f"{a.kl:.2g}", human(r.size_bytes, "B"),
+        ))
+    lines = [table(["artifact", "target", "precision", "top-1", "top-5", "agree top-1", "cosine", "KL", "size"],
+                   rows, right={3, 4, 5, 6, 7, 8}), "", f"data: {data}"]
+    refs = sorted({r.agreement.reference for r in results if r.agreement is not None})
+    if refs:
+        lines.append("agreement with fp32 PyTorch: " + ", ".join(refs))
+    lines += [f"note: {Path(r.path).name}: {n}" for r in results for n in r.notes]
+    return "\n".join(lines)
+
+
+def _output(path: str | None) -> Path | None:
+    """Fail before the slow part if the results file cannot be written."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir() or not p.parent.is_dir():
+        raise BadInputError(f"cannot write results to {p}: give a file name in an existing folder")
+    return p
+
+
+def _progress() -> Callable[[int, int], None] | None:
+    """A live ``done/total`` counter on a terminal's stderr; CI logs get only the per-artifact status lines."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        print(f"\r  {done}/{total} images", end=end, file=sys.stderr, flush=True)
+
+    return show
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}%"

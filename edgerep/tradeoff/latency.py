@@ -1,0 +1,46 @@
+"""One question, four answers: how fast is this artifact on DEVICE with N threads?
+
+``host`` is measured here with the artifact's own runtime; ``ssh://user@host`` and ``adb:SERIAL`` are measured
+on the real device; any other name is a device profile (``device_profiles/``) and the answer is *predicted*
+from the artifact's graph. Every answer says which it is, so a table never mixes them silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..devices import is_real_device, run_on_device
+
+
+@dataclass
+class Latency:
+    median_ms: float | None
+    p90_ms: float | None
+    kind: str  # "measured" | "predicted"
+    device: str
+    runtime: str
+    threads: int
+    notes: list[str] = field(default_factory=list)
+    detail: dict = field(default_factory=dict)
+
+
+def latency(artifact: str | Path, device: str, threads: int = 1, precision: str | None = None) -> Latency:
+    """Measure (host, ssh, adb) or predict (a device profile) the batch-1 latency of ``artifact``."""
+    path = Path(artifact)
+    if device == "host":
+        from ..profile.host import profile_artifact
+
+        prof = profile_artifact(path, threads=(threads,))
+        t = prof.timings[0]
+        return Latency(t.median_ms, t.p90_ms, "measured", "host", prof.runtime, threads, prof.notes, prof.to_dict())
+    if is_real_device(device):
+        r = run_on_device(path, device, threads=threads, profile=False)
+        return Latency(r.timing.median_ms, r.timing.p90_ms, "measured", r.device, r.runtime, r.threads,
+                       [r.error] if r.error else [], r.to_dict())
+    from ..profile import get_profile, graph_cost, predict
+
+    pred = predict(graph_cost(path), get_profile(device), threads, precision)
+    notes = [pred.basis, *pred.notes]
+    return Latency(pred.ms, None, "predicted", device, "roofline model", threads, notes, pred.to_dict())
+
