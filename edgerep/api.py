@@ -54,7 +54,7 @@ def deploy(
         blocks = greport.summary()
     else:
         blocks = count_blocks(model)
-        deployed = reparameterize(model, train_mode=train_mode)
+        deployed = _msgc_dynamic(reparameterize(model, train_mode=train_mode), blocks)
     report = verify_deploy(
         model,
         deployed,
@@ -83,6 +83,20 @@ class DeployResult:
     report: DeployReport
     source: LoadInfo
     output: Path | None = None
+
+
+def _msgc_dynamic(model: nn.Module, blocks: dict[str, int]) -> nn.Module:
+    """MobileNetV2-MSGC has no re-param blocks; its deploy form is the exact "dynamic" network of standard ops
+    (the static form, masks fixed offline, is an approximation: ``edgerep.msgc.to_static``)."""
+    from .zoo.msgc import MobileNetV2MSGC
+
+    if not isinstance(model, MobileNetV2MSGC):
+        return model
+    from .msgc import to_dynamic
+
+    deployed = to_dynamic(model)
+    blocks["MSGCBlock -> dynamic form"] = sum(1 for m in deployed.modules() if type(m).__name__ == "DynamicMSGCBlock")
+    return deployed
 
 
 def deploy_checkpoint(
@@ -115,6 +129,11 @@ def deploy_checkpoint(
     obj = read_checkpoint(checkpoint)
     name = name or model_name_of(obj, checkpoint)
     model, info = load_model(name, obj, layout=layout, form="train", where=str(checkpoint))
+    if output is not None and get_spec(name).family == "msgc":
+        raise BadInputError(
+            f"{name}: its deploy form (per-sample gates as standard ops) has no checkpoint layout to load back; "
+            "drop -o, and give the train-form checkpoint to `edgerep export`, which deploys it on the fly"
+        )
     info = replace(info, path=Path(checkpoint), sha256=sha256_file(checkpoint))
     pre = preprocess_of(name, obj)
     photos, label = (None, "")

@@ -51,7 +51,8 @@ def format_deploy_report(report: DeployReport) -> str:
         ("graph nodes", _or_na(t.node_total), _or_na(d.node_total), _nodes_note(d.nodes)),
     ]
     if t.latency_ms is not None and d.latency_ms is not None:
-        speed = f"{t.latency_ms / d.latency_ms:.2f}x faster" if d.latency_ms > 0 else ""
+        ratio = t.latency_ms / d.latency_ms if d.latency_ms > 0 else None
+        speed = "" if ratio is None else f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
         rows.append(("torch latency (batch 1, median)", f"{t.latency_ms:.2f} ms", f"{d.latency_ms:.2f} ms", speed))
     size = "x".join(str(s) for s in report.input_size)
     out += ["", table([f"input {size}", "train form", "deploy form", ""], rows, right={1, 2})]

@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 from torch import Tensor
 
 from ..errors import CheckpointError
+from ..zoo.mobilenetv2 import STAGES as _MOBILENETV2_STAGES
 from .io import extract_state_dict
 
 __all__ = [
@@ -106,11 +107,54 @@ _REPVGG_ORIGINAL = Layout(
     ),
 )
 
+
+def _msgc_block_index(m: re.Match[str]) -> str:
+    """``features.N`` (N = 1..17, the blocks in table order) -> ``blocks.stage.index`` of MobileNetV2's table."""
+    n = int(m[1]) - 1
+    for stage, st in enumerate(_MOBILENETV2_STAGES):
+        if n < st.n:
+            return f"blocks.{stage}.{n}."
+        n -= st.n
+    return m[0]  # past the table: left alone, so the loader names the key as unexpected
+
+
+# The original MSGC repo (torchvision's MobileNetV2 module layout plus per-block mask/attention generators).
+# features.1 is the only t = 1 block of the table: its conv.0 is the depthwise step, not an expansion.
+_MSGC_HEAD = 1 + sum(st.n for st in _MOBILENETV2_STAGES)  # features.18: the 1x1 head conv after the blocks
+_MSGC_ORIGINAL = Layout(
+    name="original",
+    source="hellozhuo/msgc models/msgc_mobilenetv2.py",
+    families=frozenset({"msgc"}),
+    signature=r"^features\.\d+\.(conv|maskgen|attgen)\.",
+    rules=(
+        Rule(r"^features\.0\.0\.", "conv_stem."),
+        Rule(r"^features\.0\.1\.", "bn1."),
+        Rule(rf"^features\.{_MSGC_HEAD}\.0\.", "conv_head."),
+        Rule(rf"^features\.{_MSGC_HEAD}\.1\.", "bn2."),
+        Rule(r"^classifier\.1\.", "classifier."),
+        Rule(r"^(features\.1)\.conv\.0\.0\.", r"\1.conv_dw."),
+        Rule(r"^(features\.1)\.conv\.0\.1\.", r"\1.bn1."),
+        Rule(r"^(features\.1)\.conv\.1\.", r"\1.conv_pw."),
+        Rule(r"^(features\.1)\.conv\.2\.", r"\1.bn2."),
+        Rule(r"^(features\.\d+)\.conv\.0\.0\.", r"\1.conv_pw."),
+        Rule(r"^(features\.\d+)\.conv\.0\.1\.", r"\1.bn1."),
+        Rule(r"^(features\.\d+)\.conv\.1\.0\.", r"\1.conv_dw."),
+        Rule(r"^(features\.\d+)\.conv\.1\.1\.", r"\1.bn2."),
+        Rule(r"^(features\.\d+)\.conv\.2\.", r"\1.conv_pwl."),
+        Rule(r"^(features\.\d+)\.conv\.3\.", r"\1.bn3."),
+        Rule(r"\.(maskgen|attgen)\.conv\.0\.", r".\1.conv_reduce."),
+        Rule(r"\.(maskgen|attgen)\.conv\.1\.", r".\1.bn."),
+        Rule(r"\.(maskgen|attgen)\.conv\.3\.", r".\1.conv_expand."),
+        Rule(r"^features\.(\d+)\.", _msgc_block_index),
+    ),
+)
+
 # Order matters for detection: the first layout whose signature matches wins; ``timm`` is the fallback.
 LAYOUTS: tuple[Layout, ...] = (
     Layout("edgerep", "files written by edgerep's save_checkpoint (timm names plus a meta dict)"),
     Layout("timm", "timm (huggingface/pytorch-image-models) state dicts; edgerep's own names"),
     _REPVGG_ORIGINAL,
+    _MSGC_ORIGINAL,
 )
 
 
