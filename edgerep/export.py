@@ -207,6 +207,12 @@ def _validate(backend, path: Path, model: nn.Module, images, shape: tuple[int, .
             r.accuracy_reference = (ref.argmax(1) == truth).double().mean().item()
             r.accuracy_artifact = (out.argmax(1) == truth).double().mean().item()
         results.append(r)
+        if not torch.isfinite(out).all():
+            failures.append(
+                f"artifact output is not finite on {label} while PyTorch's reaches max |ref| = "
+                f"{ref.abs().max().item():.3g}" + (" (fp16 overflows past 65504: use fp32, or a model whose "
+                                                   "activations stay in range)" if ref.abs().max() > 6e4 else "")
+            )
         for key in ERROR_BOUNDS:
             if key in tol and not getattr(r, key) <= tol[key]:
                 failures.append(f"{key} {getattr(r, key):.3g} > {tol[key]:g} on {label}")

@@ -20,11 +20,12 @@ from coremltools.converters.mil import Builder as mb  # noqa: E402
 
 from edgerep.api import preprocess_of  # noqa: E402
 from edgerep.backends.base import ExportRequest, UnsupportedLayerError  # noqa: E402
-from edgerep.backends.coreml import BACKEND  # noqa: E402
+from edgerep.backends.coreml import BACKEND, _share_concat_ranges, activation_ranges  # noqa: E402
 from edgerep.backends.mil_eval import SUPPORTED_OPS, MilEvaluator, UnsupportedOpError  # noqa: E402
 from edgerep.checkpoints import load_model  # noqa: E402
 from edgerep.checkpoints.io import read_checkpoint  # noqa: E402
 from edgerep.defaults import default_images_dir, default_model_path  # noqa: E402
+from edgerep.errors import BadInputError  # noqa: E402
 from edgerep.images import list_images, load_images  # noqa: E402
 from edgerep.numerics import randomize_bn  # noqa: E402
 from edgerep.reparam import reparameterize  # noqa: E402
@@ -244,12 +245,14 @@ def test_op_compressed_weights():
 
     @mb.program(input_specs=SPEC, opset_version=ct.target.iOS18)
     def prog(x):
-        w1 = mb.constexpr_blockwise_shift_scale(data=q, scale=scale.reshape(6, 1, 1, 1), offset=np.full((6, 1, 1, 1), 2, np.int8))
+        offset = np.full((6, 1, 1, 1), 2, np.int8)
+        w1 = mb.constexpr_blockwise_shift_scale(data=q, scale=scale.reshape(6, 1, 1, 1), offset=offset)
         w2 = mb.constexpr_lut_to_dense(indices=mb.const(val=idx.astype(types.np_uint4_dtype)), lut=lut)
         return mb.concat(values=[mb.conv(x=x, weight=w1, groups=2), mb.conv(x=x, weight=w2, groups=2)], axis=1)
 
     w1 = (q.astype(np.float32) - 2) * scale.reshape(6, 1, 1, 1)
-    w2 = np.take_along_axis(np.repeat(lut[..., 0], 3, axis=0).reshape(6, 1, 1, 1, 16), idx[..., None].astype(np.int64), -1)[..., 0]
+    per_channel = np.repeat(lut[..., 0], 3, axis=0).reshape(6, 1, 1, 1, 16)
+    w2 = np.take_along_axis(per_channel, idx[..., None].astype(np.int64), -1)[..., 0]
     t = torch.from_numpy(X)
     ref = torch.cat([torch.nn.functional.conv2d(t, torch.from_numpy(w), groups=2) for w in (w1, w2)], 1)
     np.testing.assert_allclose(_eval(prog, x=X), ref.numpy(), rtol=1e-5, atol=1e-5)
@@ -263,3 +266,71 @@ def test_unknown_op_is_named():
     with pytest.raises(UnsupportedOpError, match=r"cumsum \(first: .*supported: .*conv"):
         MilEvaluator(prog.functions["main"])
     assert "cumsum" not in SUPPORTED_OPS and {"conv", "constexpr_lut_to_dense", "quantize"} <= set(SUPPORTED_OPS)
+
+
+def test_int8_w8a8(tmp_path):
+    """W8A8 on Linux: activation ranges from the MIL evaluator, quantize/dequantize pairs, int8 weights, iOS17."""
+    torch.manual_seed(0)
+    calib, x = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    model = _small_net()
+    request = ExportRequest((1, 3, 16, 16), "int8", calibration=calib, options={"source": "export"})
+    info = BACKEND.export(model, request, tmp_path / "m.mlpackage")
+    out = BACKEND.run(tmp_path / "m.mlpackage", x.numpy())
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel(out, ref) < 0.1
+    cos = (out * ref).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99
+    q = info.quantization
+    assert q["quantized_activations"] >= 3 and q["compressed_weights"] >= 1 and q["calibration_images"] == 16
+    assert q["minimum_deployment_target"] == "iOS17" and any("raised from iOS16 to iOS17" in n for n in info.notes)
+    ops = next(n for n in info.notes if n.startswith("MIL ops"))
+    assert "quantize x" in ops and "dequantize x" in ops and "constexpr_affine_dequantize" in ops
+
+
+def test_int8_shipped_model(shipped, tmp_path):
+    model, images = shipped
+    request = ExportRequest((1, *images.shape[1:]), "int8", calibration=images)
+    BACKEND.export(model, request, tmp_path / "m.mlpackage")
+    out = BACKEND.run(tmp_path / "m.mlpackage", images.numpy())
+    with torch.no_grad():
+        ref = model(images).numpy()
+    assert _agreement(out, ref) >= 0.85
+
+
+def test_int8_needs_calibration_and_fp16_compute(tmp_path):
+    with pytest.raises(BadInputError, match="calibration images"):
+        BACKEND.export(_small_net(), ExportRequest((1, 3, 16, 16), "int8"), tmp_path / "m.mlpackage")
+    request = ExportRequest((1, 3, 16, 16), "int8", torch.randn(16, 3, 16, 16), options={"compute_precision": "fp32"})
+    with pytest.raises(BadInputError, match="computes in fp16"):
+        BACKEND.export(_small_net(), request, tmp_path / "m.mlpackage")
+    assert not (tmp_path / "m.mlpackage").exists()
+
+
+def _program(build) -> object:
+    from coremltools.converters.mil.mil import Function
+
+    with Function({"x": mb.TensorSpec(shape=(1, 2, 3, 3))}, opset_version=ct.target.iOS17) as fn:
+        fn.set_outputs(build(fn.inputs["x"]))
+    return fn
+
+
+def test_activation_ranges_cover_every_image():
+    """The range is over all images (coremltools 9's own calibration keeps only the last sample's)."""
+    fn = _program(lambda x: [mb.mul(x=mb.relu(x=x, name="r"), y=np.float32(2.0), name="m")])
+    ramp = torch.linspace(-3, 1, 18).view(2, 3, 3)
+    images = torch.stack([torch.full((2, 3, 3), 5.0), torch.full((2, 3, 3), -1.0), ramp])
+    stats = activation_ranges(MilEvaluator(fn), images)
+    assert stats["x"] == {"rmin": -3.0, "rmax": 5.0}
+    assert stats["r"] == {"rmin": 0.0, "rmax": 5.0}
+    assert stats["m"] == {"rmin": 0.0, "rmax": 10.0}
+
+
+def test_concat_inputs_and_output_share_one_range():
+    fn = _program(lambda x: [mb.concat(values=[mb.relu(x=x, name="a"), mb.mul(x=x, y=np.float32(3.0), name="b")],
+                                       axis=1, name="c"), mb.sigmoid(x=x, name="s")])
+    stats = {"a": {"rmin": 0.0, "rmax": 1.0}, "b": {"rmin": -6.0, "rmax": 2.0}, "c": {"rmin": -6.0, "rmax": 2.0},
+             "s": {"rmin": 0.1, "rmax": 0.9}}
+    _share_concat_ranges(fn, stats)
+    assert stats["a"] == stats["b"] == stats["c"] == {"rmin": -6.0, "rmax": 2.0}
+    assert stats["s"] == {"rmin": 0.1, "rmax": 0.9}  # not part of a concat: untouched

@@ -278,3 +278,13 @@ def _reference_224() -> Reference:
     """A reference model fed 224-px images: its input does not match a 32-px artifact."""
     net = nn.Identity()
     return Reference(Subject("big", "torch", "fp32", Path("big.pt"), PRE, (3, 224, 224), lambda x: net(x), LABELS))
+
+
+def test_sensitivity_takes_one_checkpoint(capsys):
+    from edgerep.cli import main
+    from edgerep.defaults import default_model_path
+
+    ck = default_model_path()
+    other = ck.with_name("repvgg_a0_narrow_cifar10.pt")
+    assert main(["eval", "--sensitivity", str(ck), str(other)]) == 2
+    assert "--sensitivity takes one PyTorch checkpoint" in capsys.readouterr().err

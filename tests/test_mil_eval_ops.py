@@ -197,6 +197,14 @@ CASES: list[Case] = [
     _binary("minimum", torch.minimum),
     _binary("pow", torch.pow, "p", "y"),
     _binary("floor_div", lambda a, b: torch.floor(a / b), "big", "p"),
+    *(Case(op, lambda x, y, op=op: mb.cast(x=getattr(mb, op)(x=x, y=y), dtype="fp32"),
+           lambda x, y, fn=fn: fn(x, y).float(), ("x", "y"))
+      for op, fn in (("greater", torch.gt), ("greater_equal", torch.ge), ("less", torch.lt),
+                     ("less_equal", torch.le), ("equal", torch.eq), ("not_equal", torch.ne))),
+    Case("gather", lambda x: mb.gather(x=x, indices=np.array([3, 0, 0, 2], np.int32), axis=1),
+         lambda x: x[:, [3, 0, 0, 2]]),
+    Case("gather", lambda x: mb.gather(x=x, indices=np.array([[4, -1], [0, 2]], np.int32), axis=-1),
+         lambda x: x[..., torch.tensor([[4, 4], [0, 2]])], variant="2d-indices-negative"),
     Case("softmax", lambda x: mb.softmax(x=x, axis=1), _module(nn.Softmax(1))),
     Case("softmax", lambda x: mb.softmax(x=x, axis=-1), _module(nn.Softmax(-1)), variant="last-axis"),
     # conv, linear, pooling, normalization
@@ -357,3 +365,15 @@ def test_ops_saved_and_loaded_back(tmp_path, opset: str) -> None:
     outs = iter(result[n] for n in evaluator.output_names)
     for case in cases:
         _check(case, [next(outs) for _ in _references(case)])
+
+
+def test_observe_sees_every_computed_tensor_in_order() -> None:
+    """``observe`` (activation calibration's hook) gets the input and each op's output, as the program computes it."""
+    with Function({"x": mb.TensorSpec(shape=(1, 4, 5, 5))}, opset_version=ct.target.iOS16) as fn:
+        fn.set_outputs([mb.add(x=mb.relu(x=fn.inputs["x"], name="r"), y=np.float32(1.0), name="a")])
+    seen: list[tuple[str, Tensor]] = []
+    MilEvaluator(fn)({"x": INPUTS["x"]}, observe=lambda name, value: seen.append((name, value)))
+    assert [name for name, _ in seen] == ["x", "r", "a"]
+    x = torch.from_numpy(INPUTS["x"])
+    torch.testing.assert_close(seen[1][1], torch.relu(x))
+    torch.testing.assert_close(seen[2][1], torch.relu(x) + 1)

@@ -182,16 +182,21 @@ def test_bad_input_is_refused():
         calibrate(model, torch.randn(3, 32, 32))
 
 
+RUNTIMES = {"onnx": "onnxruntime", "tflite": "ai_edge_litert", "coreml": "coremltools"}
+
+
+@pytest.mark.parametrize("target", [
+    "onnx", pytest.param("tflite", marks=pytest.mark.slow), pytest.param("coreml", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("form", ["dynamic", "static"])
-def test_onnx_export_validates(form, tmp_path):
-    pytest.importorskip("onnxruntime")
+def test_export_validates(form, target, tmp_path):
+    pytest.importorskip(RUNTIMES[target])
     from edgerep.export import export
     from edgerep.images import Preprocess
 
     model = open_gates(tiny(), 7)
     net = to_dynamic(model) if form == "dynamic" else to_static(model, torch.randn(8, 3, 32, 32), keep_ratio=0.5)
     result = export(
-        net, name=f"msgc_{form}", target="onnx", precision="fp32", input_size=(3, 32, 32), output_dir=tmp_path,
+        net, name=f"msgc_{form}", target=target, precision="fp32", input_size=(3, 32, 32), output_dir=tmp_path,
         preprocess=Preprocess.for_input((3, 32, 32), (0.5,) * 3, (0.5,) * 3, 1.0),
     )
     assert result.validation.passed and result.artifact.exists()

@@ -6,6 +6,11 @@ Choices (measured, see shared/notes/dependencies.md):
 - float32 I/O for every precision (``TensorType(dtype=float32)`` on both ends): without it an fp16 program
   gets fp16 I/O and a generated output name, so callers would feed each precision differently. The output
   is always named ``output``.
+- ``int8`` (W8A8) is calibrated int8 activations plus ``w8`` weights. coremltools calibrates activations
+  with ``MLModel.predict`` (macOS only); edgerep takes each activation's range with its own MIL evaluator on
+  the calibration images instead (any OS, the same artifact everywhere), then lets coremltools' own graph
+  passes insert the ``quantize``/``dequantize`` pairs (before conv, linear, pools and add), as
+  ``linear_quantize_activations`` does. Those ops exist from iOS17 on, so int8 raises the deployment target.
 - ``w8`` is symmetric per-channel int8 weights (``constexpr_affine_dequantize``); ``palettize6/8`` are
   per-tensor k-means palettes; ``palettize4`` is k-means with one palette per group of 16 output channels,
   which needs iOS18 — a single 4-bit palette for a whole fused re-param kernel destroyed the model
@@ -29,7 +34,7 @@ from torch import nn
 
 from ..errors import BadInputError, EdgerepError, require
 from .base import ExportInfo, ExportRequest, conversion_error
-from .mil_eval import MilEvaluator, load_program, op_types
+from .mil_eval import MilEvaluator, load_program, op_types, program_of
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -43,7 +48,11 @@ _TARGETS = ("iOS16", "iOS17", "iOS18")
 _OP_PATTERNS = (r"convert function for op '(\w+)'", r"Unsupported fx node (\w+)", r"target=torch\.ops\.([\w.]+)")
 _PALETTE_BITS = {"palettize4": 4, "palettize6": 6, "palettize8": 8}
 _GROUPED_PALETTE = {4: 16}  # nbits -> output channels per palette (per_grouped_channel, iOS18+)
-_GROUPED_MIN_TARGET = "iOS18"
+# Oldest deployment target a precision's ops exist on: activation quantize/dequantize (iOS17), grouped palettes.
+_MIN_TARGET = {"int8": "iOS17", "palettize4": "iOS18"}
+# coremltools' passes that turn activation ranges into quantize/dequantize pairs (linear_quantize_activations').
+_ACTIVATION_PASSES = ("compression::insert_prefix_quantize_dequantize_pair",
+                      "compression::insert_suffix_quantize_dequantize_pair")
 
 
 class CoreMLBackend:
@@ -55,19 +64,24 @@ class CoreMLBackend:
         if request.layout != "nchw":
             raise BadInputError(f"the coreml target takes NCHW input only, not {request.layout}")
         precision = request.precision
-        if precision not in ("fp32", "fp16", "w8", *_PALETTE_BITS):
-            raise BadInputError(
-                f"the coreml backend has no precision {precision!r}; use fp32, fp16, w8, {', '.join(_PALETTE_BITS)}"
-            )
+        if precision not in ("fp32", "fp16", "w8", "int8", *_PALETTE_BITS):
+            raise BadInputError(f"the coreml backend has no precision {precision!r};"
+                                f" use fp32, fp16, w8, int8, {', '.join(_PALETTE_BITS)}")
+        if precision == "int8" and (request.calibration is None or len(request.calibration) == 0):
+            raise BadInputError("coreml int8 needs calibration images; pass a folder of real images with --calib DIR")
         opts = request.options
         notes: list[str] = []
         target = str(opts.get("minimum_deployment_target", "iOS16"))
         nbits = _PALETTE_BITS.get(precision)
-        if nbits in _GROUPED_PALETTE and _TARGETS.index(target) < _TARGETS.index(_GROUPED_MIN_TARGET):
-            notes.append(f"{precision}: minimum deployment target raised from {target} to {_GROUPED_MIN_TARGET}"
-                         " (grouped palettes need it)")
-            target = _GROUPED_MIN_TARGET
+        needed = _MIN_TARGET.get(precision, target)
+        if _TARGETS.index(target) < _TARGETS.index(needed):
+            why = "activation quantize/dequantize ops" if precision == "int8" else "grouped palettes"
+            notes.append(f"{precision}: minimum deployment target raised from {target} to {needed} ({why} need it)")
+            target = needed
         compute = {"fp32": "fp32", "fp16": "fp16"}.get(precision, str(opts.get("compute_precision", "fp16")))
+        if precision == "int8" and compute != "fp16":  # coremltools 9's passes then build an invalid program
+            raise BadInputError("coreml int8 computes in fp16 between its quantized ops; drop --option"
+                                " compute_precision=fp32 (or use --precision w8 for int8 weights with fp32 compute)")
 
         source = str(opts.get("source", "trace"))
         try:
@@ -82,7 +96,10 @@ class CoreMLBackend:
                 f"replace or remove the layer, try --option source={other}, or export to another target",
             ) from exc
         quant: dict = {"minimum_deployment_target": target, "compute_precision": compute}
-        if precision == "w8":
+        if precision == "int8":
+            mlmodel, info = _quantize_activations(mlmodel, request.calibration)
+            quant.update(info)
+        if precision in ("w8", "int8"):
             mlmodel, info = _quantize_weights(mlmodel)
             quant.update(info)
         elif nbits is not None:
@@ -132,6 +149,82 @@ def _convert(model: nn.Module, shape: tuple[int, ...], source: str, target: str,
         )
 
 
+def _quantize_activations(mlmodel, calibration: torch.Tensor):
+    """int8 activations: ranges from the MIL evaluator on ``calibration``, quantize/dequantize pairs by coremltools.
+
+    Ranges are the min / max over all calibration images (coremltools 9's own calibration keeps only the last
+    sample's range: its ``record_intermediate_output`` overwrites before it compares). The inputs and output
+    of each concat share one range, as coremltools does, so a quantized concat needs no requantization.
+    """
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models.utils import _apply_graph_pass
+
+    function = program_of(mlmodel)
+    stats = activation_ranges(MilEvaluator(function), calibration)
+    _share_concat_ranges(function, stats)
+    cto = ct.optimize.coreml
+    op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+    config = cto.OptimizationConfig(global_config=op)
+    passes = []
+    for name in _ACTIVATION_PASSES:
+        graph_pass = PASS_REGISTRY[name]
+        graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", stats)])
+        passes.append(graph_pass)
+    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    with _quiet():
+        out = _apply_graph_pass(mlmodel, passes, spec_version=ct._SPECIFICATION_VERSION_IOS_17,
+                                pymil_load_func=milproto.load, skip_model_load=True)
+    quantized = sum(o.op_type == "quantize" for o in out._mil_program.functions["main"].operations)
+    return out, {"activations": "int8, symmetric, per tensor", "calibration_images": int(len(calibration)),
+                 "calibration": "min/max over all images (edgerep MIL evaluator)", "quantized_activations": quantized}
+
+
+def activation_ranges(evaluator: MilEvaluator, images: torch.Tensor) -> dict[str, dict[str, float]]:
+    """``{tensor name: {"rmin", "rmax"}}`` of every float tensor the program computes, over all ``images``.
+
+    Images are fed in the program's fixed batch; a last partial batch is dropped (it cannot be fed).
+    """
+    name = evaluator.input_names[0]
+    batch = int(evaluator.function.inputs[name].shape[0])
+    stats: dict[str, dict[str, float]] = {}
+
+    def observe(tensor: str, value: torch.Tensor) -> None:
+        if value.is_floating_point() and value.numel():
+            lo, hi = value.min().item(), value.max().item()
+            seen = stats.setdefault(tensor, {"rmin": lo, "rmax": hi})
+            seen["rmin"], seen["rmax"] = min(seen["rmin"], lo), max(seen["rmax"], hi)
+
+    x = images.detach().float().cpu().numpy()
+    with torch.inference_mode(), _single_thread():
+        for i in range(0, len(x) - len(x) % batch, batch):
+            evaluator({name: x[i : i + batch]}, observe=observe)
+    if not stats:
+        raise BadInputError(f"int8 calibration needs at least {batch} images (the model's batch); got {len(x)}")
+    return stats
+
+
+def _share_concat_ranges(function, stats: dict[str, dict[str, float]]) -> None:
+    """Give the inputs and output of every concat (transitively: tensors shared by concats) one common range."""
+    group: dict[str, set[str]] = {}
+    for op in function.operations:
+        if op.op_type != "concat":
+            continue
+        members = {v.name for v in op.inputs["values"]} | {op.outputs[0].name}
+        for name in list(members):
+            members |= group.get(name, set())
+        for name in members:
+            group[name] = members
+    for members in {id(m): m for m in group.values()}.values():
+        known = [stats[n] for n in members if n in stats]
+        if known:
+            lo, hi = min(s["rmin"] for s in known), max(s["rmax"] for s in known)
+            for n in members:
+                if n in stats:
+                    stats[n] = {"rmin": lo, "rmax": hi}
+
+
 def _quantize_weights(mlmodel):
     cto = ct.optimize.coreml
     op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
@@ -179,7 +272,7 @@ def _evaluator(path: Path) -> MilEvaluator:
 
 @contextlib.contextmanager
 def _single_thread():
-    """Evaluate op by op on one thread: batch-1 ops are tiny, and two threads on a busy 2-core host ran 10-50x slower."""
+    """Evaluate op by op on one thread: batch-1 ops are tiny; two threads on a busy 2-core host ran 10-50x slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -35,18 +35,27 @@ class UnsupportedOpError(EdgerepError):
 def load_program(path: str | Path, function: str = "main"):
     """The MIL function ``function`` of the ML Program saved at ``path`` (a .mlpackage), on any OS."""
     ct = require("coremltools", "coreml")
-    from coremltools.converters.mil.frontend.milproto import load as milproto
 
     path = Path(path)
     if not path.exists():
         raise BadInputError(f"Core ML model {path} does not exist")
-    mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
+    return program_of(ct.models.MLModel(str(path), skip_model_load=True), function, str(path))
+
+
+def program_of(mlmodel, function: str = "main", where: str = "the Core ML model"):
+    """The MIL function ``function`` of an MLModel (saved or just converted), as its protobuf holds it.
+
+    Reading the protobuf back, not the converter's in-memory program, gives the names and values the saved
+    artifact will have (activation calibration keys its ranges by these names).
+    """
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
     spec = mlmodel.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
-        raise BadInputError(f"{path} is a {spec.WhichOneof('Type')} Core ML model; only ML Programs can be evaluated")
+        raise BadInputError(f"{where} is a {spec.WhichOneof('Type')} Core ML model; only ML Programs can be evaluated")
     program = milproto.load(spec, spec.specificationVersion, mlmodel.weights_dir)
     if function not in program.functions:
-        raise BadInputError(f"{path} has no function {function!r}; it has: {', '.join(program.functions)}")
+        raise BadInputError(f"{where} has no function {function!r}; it has: {', '.join(program.functions)}")
     return program.functions[function]
 
 
@@ -86,8 +95,14 @@ class MilEvaluator:
     def from_path(cls, path: str | Path, function: str = "main") -> MilEvaluator:
         return cls(load_program(path, function))
 
-    def __call__(self, inputs: Mapping[str, np.ndarray | Tensor]) -> dict[str, np.ndarray]:
-        """Evaluate one set of inputs (shapes as the program declares them); returns every output by name."""
+    def __call__(
+        self, inputs: Mapping[str, np.ndarray | Tensor], observe: Callable[[str, Tensor], None] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Evaluate one set of inputs (shapes as the program declares them); returns every output by name.
+
+        ``observe(name, value)`` is called with every input and every tensor an op computes, in program order
+        (what activation calibration needs: the range of each intermediate tensor).
+        """
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise BadInputError(f"MIL program input {missing[0]!r} not given; inputs: {', '.join(self.input_names)}")
@@ -97,6 +112,8 @@ class MilEvaluator:
             if tuple(x.shape) != tuple(var.shape):
                 raise BadInputError(f"MIL program input {name!r} has shape {tuple(var.shape)}, got {tuple(x.shape)}")
             env[name] = x.to(_torch_dtype(var.dtype))
+            if observe is not None:
+                observe(name, env[name])
         for op in self._steps:
             try:
                 result = _HANDLERS[op.op_type](_Args(op, env))
@@ -105,6 +122,10 @@ class MilEvaluator:
             except Exception as exc:  # a shape/dtype surprise: say which op, never a bare traceback line
                 raise UnsupportedOpError(f"MIL op {op.op_type} ({op.name}) failed to evaluate: {exc}") from exc
             self._store(env, op, result)
+            if observe is not None:
+                for var in op.outputs:
+                    if isinstance(env[var.name], Tensor):
+                        observe(var.name, env[var.name])
         return {n: _to_numpy(env[n]) for n in self.output_names}
 
     @staticmethod
@@ -183,7 +204,8 @@ class _Args:
         return x.tolist() if isinstance(x, Tensor) else x
 
     def unsupported(self, what: str) -> UnsupportedOpError:
-        return UnsupportedOpError(f"MIL op {self.op.op_type} ({self.op.name}): {what} is not supported by the evaluator")
+        where = f"MIL op {self.op.op_type} ({self.op.name})"
+        return UnsupportedOpError(f"{where}: {what} is not supported by the evaluator")
 
 
 # --- op handlers ---------------------------------------------------------------------------------------------------
@@ -317,6 +339,31 @@ def _binary(name: str) -> Callable[[_Args], Tensor]:
 
 for _name in _BINARY:
     _HANDLERS[_name] = _binary(_name)
+
+# Comparisons give bool tensors (a later ``cast`` turns them into 0/1): MSGC's hard gates are ``logit >= 0``.
+_COMPARE: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "greater": torch.gt,
+    "greater_equal": torch.ge,
+    "less": torch.lt,
+    "less_equal": torch.le,
+    "equal": torch.eq,
+    "not_equal": torch.ne,
+}
+
+for _name, _fn in _COMPARE.items():
+    _HANDLERS[_name] = (lambda fn: lambda a: fn(a.t("x"), a.t("y")))(_fn)
+
+
+@_op("gather")
+def _gather(a: _Args) -> Tensor:
+    """Index-select along ``axis``; the result's shape is x[:axis] + indices + x[axis+1:] (MSGC's channel picks)."""
+    if a.v("batch_dims", 0) != 0:
+        raise a.unsupported("gather with batch_dims != 0")
+    x, idx, axis = a.t("x"), a.t("indices").long(), a.v("axis", 0)
+    axis = axis % x.dim()
+    idx = torch.where(idx < 0, idx + x.shape[axis], idx)
+    out = x.index_select(axis, idx.reshape(-1))
+    return out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1:])
 
 
 @_op("softmax")
@@ -555,7 +602,7 @@ def _split(a: _Args) -> tuple[Tensor, ...]:
 
 
 def _per_axis(p: Tensor, rank: int, axis: int | None) -> Tensor:
-    """A scale / zero point that is a scalar or one value per ``axis``, shaped to broadcast over a rank-``rank`` tensor."""
+    """A scale / zero point (a scalar or one value per ``axis``) shaped to broadcast over a rank-``rank`` tensor."""
     if p.dim() == 0 or p.numel() == 1 and axis is None:
         return p.reshape(())
     shape = [1] * rank

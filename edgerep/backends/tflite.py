@@ -8,6 +8,9 @@ Choices (measured, see shared/notes/dependencies.md):
   int8 activations calibrated on real images) and ``convert_pt2e(fold_quantize=False)``; the tool defaults
   (XNNPACK's PT2E config, folded quantize ops) either fail to convert or hurt fused re-param weights.
   Its input and output are int8: ``run`` quantizes/dequantizes with the tensors' own scale and zero point.
+  Before export the deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction
+  per the target options; on by default, measured in targets/tflite.toml); ``calibrate_method`` picks the
+  activation observer.
 - The artifact has a fixed batch of 1 (litert-torch exports carry a batch-1 guard), so calibration and
   ``run`` go one image at a time.
 - ``layout="nhwc"`` wraps the model so the artifact takes channels-last input (no TRANSPOSE at the input,
@@ -29,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
+from ..quant import calibration, prepare
 from .base import ExportInfo, ExportRequest, conversion_error
 
 NCHW_INPUT = "image"
@@ -77,9 +81,15 @@ class TFLiteBackend:
             raise BadInputError(f"the tflite target takes nchw or nhwc input, not {request.layout!r}")
         if request.input_shape[0] != 1:
             raise BadInputError(f"the tflite target exports batch 1, got input shape {request.input_shape}")
+        opts = request.options
+        record: dict = {}
+        model = model.eval()
         if request.precision == "int8":
             _check_calibration(request)
-        model = model.eval()
+            model, record = prepare(
+                model, request.calibration.float(), equalize=bool(opts.get("equalize", True)),
+                bias_correction=bool(opts.get("bias_correction", True)),
+            )
         nhwc = request.layout == "nhwc"
         wrapped = (_ChannelsLast(model) if nhwc else _NamedInput(model)).eval()
         n, c, h, w = request.input_shape
@@ -90,7 +100,8 @@ class TFLiteBackend:
         try:
             if request.precision == "int8":
                 calib = request.calibration.float()
-                edge = _convert_int8(wrapped, name, sample, calib.permute(0, 2, 3, 1) if nhwc else calib)
+                method = opts.get("calibrate_method", "mse")
+                edge = _convert_int8(wrapped, name, sample, calib.permute(0, 2, 3, 1) if nhwc else calib, method)
                 notes.append("full-integer static int8 (PT2E, symmetric per-channel weights); int8 input and output")
             else:
                 edge = _convert(wrapped, name, sample)
@@ -115,7 +126,8 @@ class TFLiteBackend:
         inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
         quant = {}
         if request.precision == "int8":
-            quant = {"input": _qparams(inp), "output": _qparams(out), "weights": "int8 symmetric per-channel"}
+            quant = {"input": _qparams(inp), "output": _qparams(out), "weights": "int8 symmetric per-channel",
+                     "calibrate_method": opts.get("calibrate_method", "mse"), "transforms": record}
         return ExportInfo(inp["name"], out["name"], np.dtype(inp["dtype"]).name, quant, notes)
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
@@ -155,20 +167,25 @@ def _convert(module: nn.Module, name: str, sample: Tensor, **kwargs):
         return litert_torch.convert(module, sample_kwargs={name: sample}, **kwargs)
 
 
-def _convert_int8(module: nn.Module, name: str, sample: Tensor, calibration: Tensor):
-    """PT2E full-integer int8: export, observe activations on every calibration image, convert, lower."""
+def _convert_int8(module: nn.Module, name: str, sample: Tensor, images: Tensor, method: str):
+    """PT2E full-integer int8: export, observe activations on every calibration image, convert, lower.
+
+    ``method`` names the activation observer (``edgerep.quant.calibration``). No layer can stay float:
+    litert-torch 0.10's quantizer refuses a ``None`` module config ("quantization_config == None is not
+    supported yet"), so this target has no ``keep_fp`` option.
+    """
     require("torchao", "tflite")  # PT2E lives in torchao; without it the import below is a bare traceback
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer = PT2EQuantizer().set_global(calibration.tflite_config(method))
     graph = torch.export.export(module, (), {name: sample}).module()
     graph = move_exported_model_to_eval(prepare_pt2e(graph, quantizer))
     with torch.no_grad():
-        for i in range(len(calibration)):  # batch-1 guard in the exported graph
-            graph(**{name: calibration[i : i + 1]})
+        for i in range(len(images)):  # batch-1 guard in the exported graph
+            graph(**{name: images[i : i + 1]})
     # fold_quantize=True leaves per-channel dequantize ops the converter cannot lower for some models.
     graph = convert_pt2e(graph, fold_quantize=False)
     # The graph already has eval semantics (exported from an eval model); exported graphs refuse .eval(), so

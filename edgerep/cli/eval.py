@@ -20,6 +20,7 @@ examples:
   edgerep eval model-int8.tflite --data photos/ --reference ck.pt
   edgerep eval ck.pth --model repvgg_a0 --data val.npz --json
   edgerep eval edgerep-out/ -o results.json && edgerep check results.json --baseline accuracy.json
+  edgerep eval --sensitivity                          # which layers of the shipped model hurt int8 most
 
 An artifact is run by its own runtime (ONNX: onnxruntime, TFLite: LiteRT, Core ML: MLModel.predict on macOS,
 its MIL program evaluated elsewhere) on images preprocessed as its manifest (the .json beside it) says.
@@ -54,8 +55,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--batch-size", type=int, default=64, help="images per runtime call (fixed-batch artifacts loop)")
     e.add_argument("-o", "--output", metavar="RESULTS.json",
                    help="also write the results JSON here (for edgerep check)")
+    e.add_argument("--sensitivity", action="store_true",
+                   help="per-layer int8 sensitivity of a checkpoint, sorted by the agreement each layer costs")
+    e.add_argument("--sensitivity-mode", choices=["only", "all_but"], default="only",
+                   help="--sensitivity: quantize one layer at a time (only, default) or all layers but one")
+    e.add_argument("--calib", help="--sensitivity: images for activation ranges (default: the --data images)")
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     e.set_defaults(func=run)
+
+
+def _sensitivity(args: argparse.Namespace, paths: list[Path], default_images: Path) -> int:
+    from ..quant.sensitivity import checkpoint_sensitivity, format_sensitivity
+
+    if len(paths) != 1:
+        raise BadInputError("--sensitivity takes one PyTorch checkpoint (it quantizes the model layer by layer)")
+    if not args.json:
+        status(f"quantizing {paths[0].name} layer by layer ({args.sensitivity_mode})")
+    report = checkpoint_sensitivity(paths[0], args.data or default_images, model=args.model,
+                                    calibration=args.calib, mode=args.sensitivity_mode)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_sensitivity(report, top=20))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     data = open_data(args.data or defaults.default_images_dir())  # bad data fails before any model is loaded
     paths = expand(args.paths) if args.paths else [defaults.default_model_path()]
+    if args.sensitivity:
+        return _sensitivity(args, paths, defaults.default_images_dir())
     output = _output(args.output)
     fixed_ref = open_reference(args.reference, args.model) if args.reference else None
     refs: dict[Path, Reference] = {}  # by checkpoint: each reference runs once for all its artifacts

@@ -61,6 +61,9 @@ ARCHS: dict[str, RepVGGArch] = {
     "b3": RepVGGArch(_B, (3, 3, 3, 5)),
     "b3g2": RepVGGArch(_B, (3, 3, 3, 5), groups=2),
     "b3g4": RepVGGArch(_B, (3, 3, 3, 5), groups=4),
+    # Not in the paper: A0's depths at a quarter of its widths (stage 4 kept wide), ~0.9 M parameters, for
+    # small inputs such as CIFAR-10 where edgerep trains and ships it as a second default model.
+    "a0_narrow": RepVGGArch(_A, (0.25, 0.25, 0.25, 1.0)),
 }
 
 BlockFn = Callable[..., nn.Module]
@@ -158,6 +161,11 @@ def repvgg_b3g2(num_classes: int = 1000, **kwargs) -> RepVGG:
 @register_model("repvgg")
 def repvgg_b3g4(num_classes: int = 1000, **kwargs) -> RepVGG:
     return _repvgg("b3g4", num_classes, **kwargs)
+
+
+@register_model("repvgg")
+def repvgg_a0_narrow(num_classes: int = 1000, **kwargs) -> RepVGG:
+    return _repvgg("a0_narrow", num_classes, **kwargs)
 
 
 @register_model("qarepvgg")

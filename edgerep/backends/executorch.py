@@ -1,0 +1,172 @@
+"""ExecuTorch backend: torch.export -> edge dialect -> XNNPACK delegate -> .pte; run with ExecuTorch's runtime.
+
+Choices (measured, see shared/notes/dependencies.md):
+- Every op XNNPACK supports is delegated to it (``XnnpackPartitioner``): that is ExecuTorch's CPU fast path
+  on Android and iOS. Ops it does not take stay on ExecuTorch's portable kernels; the manifest notes name
+  them, since they run slower on a phone.
+- int8 is static PT2E with ExecuTorch's own ``XNNPACKQuantizer`` (symmetric per-channel int8 weights, int8
+  activations calibrated on real images), the config XNNPACK has int8 kernels for.
+- The artifact has the request's fixed batch; ``run`` feeds inputs batch by batch with the Python runtime
+  (``executorch.runtime``), the same C++ runtime and XNNPACK kernels a phone runs.
+- ExecuTorch's thread pool is left as it is: resetting it after a program was loaded segfaulted here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import BadInputError, EdgerepError, require
+from .base import ExportInfo, ExportRequest, conversion_error
+
+INPUT_NAME = "input"  # a .pte has positional inputs; the name is what the manifest calls input 0
+OUTPUT_NAME = "output"
+METHOD = "forward"
+# How torch.export / the edge passes name the node they failed at, or an op with no out-variant kernel.
+_OP_PATTERNS = (r"target=torch\.ops\.([\w.]+)", r"Missing out variants: \{'([\w:.]+)'", r"(aten::\w+)")
+
+# Import now so a missing package is reported when the backend is chosen, not halfway through an export.
+require("executorch", "executorch")
+from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: E402
+from executorch.exir import to_edge_transform_and_lower  # noqa: E402
+from executorch.runtime import Runtime  # noqa: E402
+
+
+class ExecuTorchBackend:
+    name = "executorch"
+    suffix = ".pte"
+
+    def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
+        """Write ``model`` as an XNNPACK-delegated .pte program at ``path`` in the requested precision."""
+        if request.precision not in ("fp32", "int8"):
+            raise BadInputError(f"the executorch backend has no precision {request.precision!r}; use fp32 or int8")
+        if request.layout != "nchw":
+            raise BadInputError(f"the executorch target takes NCHW input only, not {request.layout}")
+        example = torch.zeros(request.input_shape)
+        quant: dict = {}
+        try:
+            with _quiet():
+                if request.precision == "int8":
+                    graph, quant = _quantize(model.eval(), example, request)
+                else:
+                    graph = model.eval()
+                exported = torch.export.export(graph, (example,))
+                edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+                delegated, portable = _op_split(edge.exported_program().graph_module)  # before memory planning
+                program = edge.to_executorch()
+        except EdgerepError:
+            raise
+        except Exception as exc:  # one line naming the layer and op ExecuTorch could not lower
+            raise conversion_error(
+                "executorch", f"executorch {_version()} (XNNPACK)", exc, _OP_PATTERNS, model, example,
+                "replace or remove the layer, or export to another target (onnx, tflite, coreml)",
+            ) from exc
+        path.write_bytes(program.buffer)
+        notes = [f"XNNPACK delegate: {delegated} subgraph(s); batch {request.input_shape[0]}"]
+        if portable:
+            notes.append("left on portable kernels (slower on device): "
+                         + ", ".join(f"{op} x{n}" for op, n in sorted(portable.items())))
+        return ExportInfo(INPUT_NAME, OUTPUT_NAME, "float32", quant, notes)
+
+    def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
+        """Run the .pte on NCHW float32 inputs with ExecuTorch's runtime, in batches of its fixed batch size."""
+        x = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        method = _method(Path(path))
+        shape = tuple(method.metadata.input_tensor_meta(0).sizes())
+        if x.ndim != len(shape) or tuple(x.shape[1:]) != shape[1:]:
+            raise BadInputError(f"{Path(path).name} takes input {shape}, got inputs of shape {tuple(x.shape)}")
+        batch = shape[0]
+        if len(x) % batch:
+            raise BadInputError(f"{Path(path).name} takes batches of {batch}; got {len(x)} inputs")
+        outs = [method.execute((x[i : i + batch],))[0] for i in range(0, len(x), batch)]
+        return torch.cat(outs).float().numpy()
+
+
+def _quantize(model: nn.Module, example: Tensor, request: ExportRequest) -> tuple[nn.Module, dict]:
+    """Static PT2E int8 for XNNPACK: export, observe every calibration batch, convert (quantize ops folded)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    calib = request.calibration
+    if calib is None or len(calib) == 0:
+        raise BadInputError("executorch int8 needs calibration images; pass a folder of real images with --calib DIR")
+    if tuple(calib.shape[1:]) != tuple(example.shape[1:]):
+        raise BadInputError(f"calibration images have shape {tuple(calib.shape[1:])},"
+                            f" the model input is {tuple(example.shape[1:])}")
+    batch = example.shape[0]
+    if len(calib) < batch:
+        raise BadInputError(f"int8 calibration needs at least {batch} images (the model's batch); got {len(calib)}")
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    graph = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    graph = move_exported_model_to_eval(graph)
+    with torch.no_grad():
+        for i in range(0, len(calib) - len(calib) % batch, batch):
+            graph(calib[i : i + batch].float())
+    info = {"scheme": "pt2e-xnnpack-per-channel", "weights": "int8, symmetric, per output channel",
+            "activations": "int8, asymmetric, per tensor", "calibration_images": int(len(calib))}
+    return convert_pt2e(graph), info
+
+
+def _op_split(graph_module) -> tuple[int, Counter]:
+    """How many XNNPACK-delegated subgraphs the program has, and which ops stayed outside them."""
+    delegated, portable = 0, Counter()
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = getattr(node.target, "__name__", str(node.target))
+        if "call_delegate" in name:
+            delegated += 1
+        elif name != "getitem":
+            portable[name] += 1
+    return delegated, portable
+
+
+_CACHE: dict[tuple[str, float], object] = {}
+
+
+def _method(path: Path):
+    """The loaded ``forward`` of one artifact version: validation runs the same .pte on several input sets."""
+    if not path.is_file():
+        raise BadInputError(f"ExecuTorch program {path} does not exist")
+    key = (str(path.resolve()), path.stat().st_mtime)
+    if key not in _CACHE:
+        _CACHE.clear()
+        program = Runtime.get().load_program(path)
+        _CACHE[key] = (program, program.load_method(METHOD))  # the method needs its program alive
+    return _CACHE[key][1]
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("executorch")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress lines and deprecation notices; errors still raise."""
+    logger = logging.getLogger("executorch")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+BACKEND = ExecuTorchBackend()
