@@ -43,6 +43,22 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """``edgerep ARGV`` in-process: (exit code, stdout, stderr)."""
+    from edgerep.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(err: str) -> str:
+    """A user error is exactly one ``error: ...`` line on stderr (no traceback)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
 def assert_fuses_exactly(block: torch.nn.Module, x: torch.Tensor, seed: int = 0) -> float:
     """Randomize BN stats, fuse in fp64 and fp32, assert both within tolerance; return the fp32 rel error."""
     gen = torch.Generator().manual_seed(seed)

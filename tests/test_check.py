@@ -11,27 +11,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error_line, run_cli
 
 from edgerep import defaults
 from edgerep.checkpoints import load_model, save_checkpoint
 from edgerep.checkpoints.io import read_checkpoint
-from edgerep.cli import main
 from edgerep.gate import BASELINE_FORMAT
 
 PROJECT_BASELINE = Path(__file__).resolve().parents[1] / ".ci" / "accuracy-baseline.json"
 MODEL = "repghostnet_050"
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def row(target: str, precision: str, top1: float | None, agree: float | None = None, cosine: float | None = None,
@@ -72,7 +60,7 @@ def test_within_tolerance_passes_with_a_table(capsys, tmp_path) -> None:
     res = results(tmp_path, row("onnx", "fp32", 0.688, 1.0, 0.99999), row("onnx", "int8", 0.665, 0.92, 0.99))
     bl = baseline(tmp_path, base("onnx", "fp32", 69.0, min_top1_agreement=0.995),
                   base("onnx", "int8", 67.0, min_cosine=0.98))
-    code, out, err = run(capsys, "check", res, "--baseline", bl)
+    code, out, err = run_cli(capsys, "check", res, "--baseline", bl)
     assert code == 0 and "PASS: 2 rows" in out and "FAIL" not in out + err
     assert "69.00" in out and "68.80" in out and "+0.20" in out
 
@@ -80,7 +68,7 @@ def test_within_tolerance_passes_with_a_table(capsys, tmp_path) -> None:
 def test_default_tolerance_is_half_a_point_for_float_and_one_point_for_8bit(capsys, tmp_path) -> None:
     res = results(tmp_path, row("onnx", "fp32", 0.6825), row("coreml", "w8", 0.6825), row("tflite", "int8", 0.6775))
     bl = baseline(tmp_path, base("onnx", "fp32", 69.0), base("coreml", "w8", 69.0), base("tflite", "int8", 69.0))
-    code, out, err = run(capsys, "check", res, "--baseline", bl, "--json")
+    code, out, err = run_cli(capsys, "check", res, "--baseline", bl, "--json")
     verdict = {(r["target"], r["precision"]): r["passed"] for r in json.loads(out)["rows"]}
     assert code == 1 and verdict == {("onnx", "fp32"): False, ("coreml", "w8"): True, ("tflite", "int8"): False}
     assert "FAIL repghostnet_050 onnx fp32: top-1 dropped 0.75 points" in err
@@ -88,9 +76,9 @@ def test_default_tolerance_is_half_a_point_for_float_and_one_point_for_8bit(caps
 
 def test_tolerance_is_configurable_per_row(capsys, tmp_path) -> None:
     res = results(tmp_path, row("onnx", "fp32", 0.67))
-    code, _, _ = run(capsys, "check", res, "--baseline", baseline(tmp_path, base("onnx", "fp32", 69.0)))
+    code, _, _ = run_cli(capsys, "check", res, "--baseline", baseline(tmp_path, base("onnx", "fp32", 69.0)))
     assert code == 1
-    code, _, _ = run(capsys, "check", res, "--baseline",
+    code, _, _ = run_cli(capsys, "check", res, "--baseline",
                      baseline(tmp_path, base("onnx", "fp32", 69.0, tolerance_pct=2.0)))
     assert code == 0
 
@@ -98,7 +86,7 @@ def test_tolerance_is_configurable_per_row(capsys, tmp_path) -> None:
 def test_agreement_below_its_floor_fails_even_without_labels(capsys, tmp_path) -> None:
     res = results(tmp_path, row("tflite", "int8", None, 0.80, 0.97))
     bl = baseline(tmp_path, base("tflite", "int8", None, min_top1_agreement=0.9, min_cosine=0.98))
-    code, out, err = run(capsys, "check", res, "--baseline", bl)
+    code, out, err = run_cli(capsys, "check", res, "--baseline", bl)
     assert code == 1 and "FAIL: 1 of 1 rows regressed" in out
     assert "top-1 agreement 0.8 < floor 0.9" in err and "cosine 0.97 < floor 0.98" in err
 
@@ -111,7 +99,7 @@ def test_a_failed_export_row_fails_the_gate(capsys, tmp_path) -> None:
              "top1_agreement": 1.0, "accuracy_artifact": 0.69}]}},
     ]}
     res = write(tmp_path / "export.json", doc)
-    code, out, err = run(capsys, "check", res, "--baseline",
+    code, out, err = run_cli(capsys, "check", res, "--baseline",
                          baseline(tmp_path, base("onnx", "int8", 67.0), base("onnx", "fp32", 69.0)))
     assert code == 1 and "FAIL repghostnet_050 onnx int8: export FAILED" in err
     assert [ln.split()[-1] for ln in out.splitlines() if ln.startswith(MODEL)] == ["FAIL", "ok"]
@@ -123,10 +111,10 @@ def test_a_failed_export_row_fails_the_gate(capsys, tmp_path) -> None:
 def test_rows_missing_on_either_side_are_bad_input(capsys, tmp_path) -> None:
     res = results(tmp_path, row("onnx", "fp32", 0.69))
     bl = baseline(tmp_path, base("onnx", "fp32", 69.0), base("tflite", "int8", 67.0))
-    code, _, err = run(capsys, "check", res, "--baseline", bl)
+    code, _, err = run_cli(capsys, "check", res, "--baseline", bl)
     assert code == 2 and "results lack 1 row(s)" in one_error_line(err) and "tflite int8" in err
     res = results(tmp_path, row("onnx", "fp32", 0.69), row("coreml", "w8", 0.69))
-    code, _, err = run(capsys, "check", res, "--baseline", baseline(tmp_path, base("onnx", "fp32", 69.0)))
+    code, _, err = run_cli(capsys, "check", res, "--baseline", baseline(tmp_path, base("onnx", "fp32", 69.0)))
     assert code == 2 and "no row for repghostnet_050 coreml w8" in one_error_line(err) and "--update" in err
 
 
@@ -148,7 +136,7 @@ def test_rows_missing_on_either_side_are_bad_input(capsys, tmp_path) -> None:
 ])
 def test_malformed_baseline_is_one_line(capsys, tmp_path, doc, message) -> None:
     res = results(tmp_path, row("onnx", "fp32", 0.69))
-    code, _, err = run(capsys, "check", res, "--baseline", write(tmp_path / "bl.json", doc))
+    code, _, err = run_cli(capsys, "check", res, "--baseline", write(tmp_path / "bl.json", doc))
     assert code == 2 and message in one_error_line(err)
 
 
@@ -169,7 +157,7 @@ def test_results_that_cannot_be_compared_are_bad_input(capsys, tmp_path) -> None
             results(tmp_path, *content, name=res.name)
         elif content is not None:
             write(res, content)
-        code, _, err = run(capsys, "check", str(res), "--baseline", bl)
+        code, _, err = run_cli(capsys, "check", str(res), "--baseline", bl)
         assert code == 2 and message in one_error_line(err), (message, err)
 
 
@@ -179,7 +167,7 @@ def test_results_that_cannot_be_compared_are_bad_input(capsys, tmp_path) -> None
 def test_update_writes_a_baseline_that_then_passes_and_keeps_row_tolerances(capsys, tmp_path) -> None:
     bl = baseline(tmp_path, base("onnx", "int8", 67.0, tolerance_pct=2.5), base("onnx", "fp16", 69.0))
     res = results(tmp_path, row("onnx", "fp32", 0.69, 1.0, 0.9999999), row("onnx", "int8", 0.655, 0.92, 0.99))
-    code, out, _ = run(capsys, "check", res, "--baseline", bl, "--update")
+    code, out, _ = run_cli(capsys, "check", res, "--baseline", bl, "--update")
     assert code == 0 and "baseline written" in out and "dropped: repghostnet_050 onnx fp16" in out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # atomic: no temporary left
     doc = json.loads(Path(bl).read_text())
@@ -189,9 +177,9 @@ def test_update_writes_a_baseline_that_then_passes_and_keeps_row_tolerances(caps
                                     "min_cosine": 0.98}
     assert rows["onnx", "fp32"]["min_top1_agreement"] == 0.995 and "tolerance_pct" not in rows["onnx", "fp32"]
     assert doc["data"] == "photos (200 images)"
-    code, out, _ = run(capsys, "check", res, "--baseline", bl)
+    code, out, _ = run_cli(capsys, "check", res, "--baseline", bl)
     assert code == 0 and "PASS: 2 rows" in out
-    code, _, err = run(capsys, "check", res, "--baseline", write(tmp_path / "broken.json", "[1,"), "--update")
+    code, _, err = run_cli(capsys, "check", res, "--baseline", write(tmp_path / "broken.json", "[1,"), "--update")
     assert code == 2 and "is not valid JSON" in one_error_line(err)
 
 
@@ -223,9 +211,9 @@ def project_rows(tmp_path: Path, target: str, precision: str) -> str:
 def test_shipped_checkpoint_passes_and_a_perturbed_one_fails_the_project_baseline(capsys, tmp_path) -> None:
     bl = project_rows(tmp_path, "torch", "fp32")
     for ckpt, expected in ((defaults.default_model_path(), 0), (perturbed_checkpoint(tmp_path / "noisy.pt"), 1)):
-        code, _, _ = run(capsys, "eval", str(ckpt), "-o", str(tmp_path / "r.json"))
+        code, _, _ = run_cli(capsys, "eval", str(ckpt), "-o", str(tmp_path / "r.json"))
         assert code == 0
-        code, out, err = run(capsys, "check", str(tmp_path / "r.json"), "--baseline", bl)
+        code, out, err = run_cli(capsys, "check", str(tmp_path / "r.json"), "--baseline", bl)
         assert code == expected, out + err
     assert "top-1 dropped" in err
 
@@ -242,9 +230,9 @@ def test_a_broken_onnx_export_fails_the_project_gate(capsys, tmp_path) -> None:
                  output_dir=tmp_path / "out", preprocess=defaults.default_preprocess(),
                  labels=read_checkpoint(noisy)["meta"]["labels"], source=noisy, options={"exporter": "torchscript"})
     res = tmp_path / "results.json"
-    code, _, _ = run(capsys, "eval", str(art.artifact), "--reference", str(defaults.default_model_path()),
+    code, _, _ = run_cli(capsys, "eval", str(art.artifact), "--reference", str(defaults.default_model_path()),
                      "-o", str(res))
     assert code == 0
-    code, out, err = run(capsys, "check", str(res), "--baseline", project_rows(tmp_path, "onnx", "fp32"))
+    code, out, err = run_cli(capsys, "check", str(res), "--baseline", project_rows(tmp_path, "onnx", "fp32"))
     assert code == 1 and "FAIL: 1 of 1 rows regressed" in out
     assert "top-1 dropped" in err and "top-1 agreement" in err

@@ -21,19 +21,25 @@ Progress = Callable[[str], None]
 
 
 def model_source(spec: str, workdir: Path) -> tuple[str | None, Path, str]:
-    """``NAME=CKPT``, a checkpoint path, or a bare zoo name (random weights: latency and agreement only)."""
+    """``NAME=CKPT``, a checkpoint path, or a bare zoo name (random weights: latency and agreement only).
+
+    A bare name gets random BN statistics too: with fresh BNs a random network gives nearly the same logits for
+    every image, and top-1 agreement of a quantized artifact then flips all at once on a rounding shift.
+    """
     name, sep, path = spec.partition("=")
     if sep:
         return name or None, Path(path), ""
     if Path(spec).is_file():
         return None, Path(spec), ""
     from ..checkpoints.load import save_checkpoint
+    from ..numerics import randomize_bn
     from ..zoo import create_model, get_spec
 
     get_spec(spec)  # an unknown name is refused here, with suggestions
     torch.manual_seed(0)
     ckpt = workdir / f"{spec}-random.pt"
-    save_checkpoint(ckpt, create_model(spec).eval(), model=spec)
+    model = randomize_bn(create_model(spec), torch.Generator().manual_seed(0)).eval()
+    save_checkpoint(ckpt, model, model=spec)
     return spec, ckpt, "random weights"
 
 
