@@ -24,7 +24,7 @@ def blocks(model: nn.Module) -> list[ReparamBlock]:
 
 
 def test_every_variant_is_registered_in_its_family():
-    assert list_models("repvgg") == sorted(REPVGG)
+    assert list_models("repvgg") == sorted([*REPVGG, "repvgg_a0_narrow"])  # + the CIFAR-sized shipped model
     assert list_models("qarepvgg") == sorted(QAREPVGG)
     assert get_spec("qarepvgg_b0").family == "qarepvgg"
 

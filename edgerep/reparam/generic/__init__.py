@@ -61,24 +61,28 @@ class GenericReport:
 
 
 def reparameterize_generic(
-    model: nn.Module, example_input: Tensor | None = None, *, strict: bool = False, train_mode: str = "fix"
+    model: nn.Module, example_input: Tensor | None = None, *, strict: bool = False, train_mode: str = "fix",
+    fold_chains: bool = True,
 ) -> fx.GraphModule:
     """``model`` with every exact branch set and conv chain merged into one conv (a new GraphModule).
 
     ``example_input`` only fixes tensor shapes for the analysis (channels, which nodes are 4-d); by default
     a 1x(in_channels)x64x64 input, ``in_channels`` read from the first conv. See ``generic_pass``.
     """
-    return generic_pass(model, example_input, strict=strict, train_mode=train_mode)[0]
+    return generic_pass(model, example_input, strict=strict, train_mode=train_mode, fold_chains=fold_chains)[0]
 
 
 def generic_pass(
-    model: nn.Module, example_input: Tensor | None = None, *, strict: bool = False, train_mode: str = "fix"
+    model: nn.Module, example_input: Tensor | None = None, *, strict: bool = False, train_mode: str = "fix",
+    fold_chains: bool = True,
 ) -> tuple[fx.GraphModule, GenericReport]:
     """The generic pass and its report. The input model is not changed (it is copied first).
 
     ``strict``: raise ``NotReparameterizableError`` at the first refused branch set or untraceable part
     instead of leaving it and reporting it. ``train_mode`` as in ``reparameterize``: a model left in
-    training mode is switched to eval with a warning (``"fix"``) or refused (``"error"``).
+    training mode is switched to eval with a warning (``"fix"``) or refused (``"error"``). ``fold_chains=False``
+    merges parallel branch sets only and leaves plain conv -> BN chains as they are: that is exactly what the
+    block-aware conversion does (its graph keeps the BNs outside re-param blocks), node for node.
     """
     if train_mode not in ("fix", "error"):
         raise ValueError(f"train_mode must be 'fix' or 'error', got {train_mode!r}")
@@ -99,7 +103,7 @@ def generic_pass(
     with torch.no_grad():
         ShapeProp(gm).propagate(x.to(*_param_device_dtype(gm)))
     for _ in range(_MAX_ROUNDS):
-        if not _round(gm, report, strict):
+        if not _round(gm, report, strict, fold_chains):
             break
     gm.graph.lint()
     gm.delete_all_unused_submodules()
@@ -107,7 +111,7 @@ def generic_pass(
     return gm, report
 
 
-def _round(gm: fx.GraphModule, report: GenericReport, strict: bool) -> bool:
+def _round(gm: fx.GraphModule, report: GenericReport, strict: bool, fold_chains: bool) -> bool:
     """One analysis + rewrite of every chain end; True if anything changed."""
     ends, refusals = find_chains(gm, Constants(gm))
     known = {r.node for r in report.skipped}
@@ -119,6 +123,8 @@ def _round(gm: fx.GraphModule, report: GenericReport, strict: bool) -> bool:
     replaced: dict[fx.Node, fx.Node] = {}
     changed = False
     for end, branch in ends:
+        if not (branch.sets or fold_chains):
+            continue
         src = replaced.get(branch.src, branch.src)
         try:
             new = rewrite_chain(gm, end, branch, src)
