@@ -43,6 +43,20 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+class CumMax(torch.nn.Module):
+    """A running maximum over channels: no exporter converts aten.cummax (torch.onnx, litert-torch, coremltools)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cummax(x, 1).values
+
+
+class SingularValues(torch.nn.Module):
+    """linalg.svdvals: neither torch.onnx nor coremltools' torch frontends convert it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.svdvals(x)
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     """``edgerep ARGV`` in-process: (exit code, stdout, stderr)."""
     from edgerep.cli import main

@@ -9,22 +9,13 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from conftest import CumMax, SingularValues
 from torch import nn
 
 from edgerep.backends import get_backend
 from edgerep.backends.base import UnsupportedLayerError, conversion_error, locate_op, op_key
 from edgerep.errors import BadInputError, MissingDependencyError
 from edgerep.targets import get_target
-
-
-class CumMax(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cummax(x, 1).values
-
-
-class SingularValues(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.svdvals(x)
 
 
 def _net() -> nn.Module:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from conftest import CumMax, SingularValues
 from torch import nn
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgerep[coreml]')")
@@ -112,20 +113,6 @@ def test_palettized(tmp_path, precision, rel):
     if precision == "palettize4":  # grouped palettes exist only from iOS18: the target is raised, and said so
         assert info.quantization["minimum_deployment_target"] == "iOS18"
         assert any("raised" in n for n in info.notes)
-
-
-class CumMax(nn.Module):
-    """A running maximum over channels: coremltools has no conversion for torch's cummax."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cummax(x, 1).values
-
-
-class SingularValues(nn.Module):
-    """linalg.svdvals: neither of coremltools' torch frontends converts it."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.svdvals(x)
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CumMax
 from torch import nn
 
 from edgerep.backends import get_backend
@@ -193,13 +194,6 @@ def test_missing_dependency_gives_a_one_line_install_hint(tmp_path: Path, monkey
     with pytest.raises(MissingDependencyError):
         _export(_tiny(), tmp_path / "out", "fp32")
     assert not (tmp_path / "out").exists() or _leftovers(tmp_path / "out") == []
-
-
-class CumMax(nn.Module):
-    """A running maximum over channels: aten::cummax has no ONNX conversion in either torch exporter."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cummax(x, 1).values
 
 
 @pytest.mark.parametrize(("exporter", "op"), [("torchscript", "aten::cummax"), ("dynamo", "aten.cummax")])

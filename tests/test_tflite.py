@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CumMax
 from torch import nn
 
 pytest.importorskip("litert_torch", reason="litert-torch is not installed (pip install 'edgerep[tflite]')")
@@ -163,13 +164,6 @@ def test_bad_requests_are_refused_up_front(small, tmp_path):
 def test_run_refuses_inputs_of_the_wrong_shape(small_artifacts):
     with pytest.raises(BadInputError, match="takes input"):
         BACKEND.run(small_artifacts["fp32", "nchw"], np.zeros((1, 3, 16, 16), np.float32))
-
-
-class CumMax(nn.Module):
-    """A running maximum over channels: litert-torch has no lowering for aten.cummax."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cummax(x, 1).values
 
 
 def test_unsupported_layer_is_named_with_its_op(tmp_path):
