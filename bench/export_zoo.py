@@ -4,7 +4,7 @@
         --out bench/results/export_zoo.json [--plan coreml:int8,executorch:fp32] [--bn random]
 
 Models get random weights. Their BatchNorms are then *calibrated* (default, ``--bn calibrated``): random affine
-parameters (edgerep.numerics.randomize_bn), running statistics measured on the photos in train mode, as training
+parameters (edgerep.proof.numerics.randomize_bn), running statistics measured on the photos in train mode, as training
 leaves them. With random running statistics instead (``--bn random``) activations grow layer after layer: a
 random-weight MobileOne-S0 reaches outputs of ~2e8, beyond float16's 65504, so every fp16 artifact of it is NaN
 although the conversion is right: that measures the random init, not the exporter. Calibrated BN keeps the
@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from edgerep.api import preprocess_of
+from edgerep.checkpoints import preprocess_of
 from edgerep.errors import EdgerepError, VerificationError
-from edgerep.export import export
+from edgerep.export.pipeline import export
 from edgerep.images import list_images, load_images
-from edgerep.numerics import randomize_bn
+from edgerep.proof.numerics import randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.zoo import create_model
 

@@ -6,25 +6,24 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from .checkpoints.io import read_checkpoint
-from .checkpoints.load import LoadInfo, load_model, save_checkpoint, sha256_file
+from .checkpoints import Checkpoint, LoadInfo, load_model, save_checkpoint
 from .errors import BadInputError, EdgerepError, VerificationError
+from .fileio import writable_file
 from .images import Preprocess, list_images, load_images
+from .proof.verify import DEFAULT_RTOL, DeployReport, verify_deploy
 from .reparam import count_blocks, reparameterize
-from .verify import DEFAULT_RTOL, DeployReport, verify_deploy
 from .zoo import get_spec
 
 if TYPE_CHECKING:
-    from .export import ExportResult
+    from .export.pipeline import ExportResult
 
-__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "export_checkpoint", "load_model", "preprocess_of"]
+__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "export_checkpoint", "load_model"]
 
 
 def deploy(
@@ -124,18 +123,17 @@ def deploy_checkpoint(
             "--generic only verifies: its deploy form is a traced graph, not a zoo architecture a checkpoint "
             "loads into; drop -o, or write the checkpoint without --generic"
         )
+    ck = Checkpoint.open(checkpoint)
     if output is not None:
-        _check_writable(Path(output))
-    obj = read_checkpoint(checkpoint)
-    name = name or model_name_of(obj, checkpoint)
-    model, info = load_model(name, obj, layout=layout, form="train", where=str(checkpoint))
+        _check_output(Path(output), ck.path)
+    name = ck.model_name(name)
+    model, info = ck.load(name, layout=layout, form="train")
     if output is not None and get_spec(name).family == "msgc":
         raise BadInputError(
             f"{name}: its deploy form (per-sample gates as standard ops) has no checkpoint layout to load back; "
             "drop -o, and give the train-form checkpoint to `edgerep export`, which deploys it on the fly"
         )
-    info = replace(info, path=Path(checkpoint), sha256=sha256_file(checkpoint))
-    pre = preprocess_of(name, obj)
+    pre = ck.preprocess(name)
     photos, label = (None, "")
     if images is not None:
         photos, label = _sample_images(images, pre, n_images)
@@ -146,14 +144,13 @@ def deploy_checkpoint(
         rtol=rtol,
         images=photos,
         images_label=label,
-        references=_references(obj),
+        references=ck.references(),
         latency=latency,
         generic=generic,
     )
     out = None
     if output is not None:
-        meta = checkpoint_meta(obj)
-        extra = {k: v for k, v in meta.items() if k in _CARRIED_META}
+        extra = {k: v for k, v in ck.meta.items() if k in _CARRIED_META}
         extra.update(source_sha256=info.sha256, source_layout=info.layout, worst_rel=report.worst_rel)
         out = save_checkpoint(output, deployed, model=name, form="deploy", num_classes=info.num_classes, extra=extra)
     return DeployResult(deployed, report, info, out)
@@ -161,31 +158,6 @@ def deploy_checkpoint(
 
 # What a deploy checkpoint keeps from its train-form source: what export and eval need later.
 _CARRIED_META = ("input_size", "mean", "std", "labels", "crop_pct")
-
-
-def checkpoint_meta(obj: dict) -> dict:
-    meta = obj.get("meta")
-    return meta if isinstance(meta, dict) else {}
-
-
-def model_name_of(obj: dict, where: str | Path) -> str:
-    """The zoo name an edgerep checkpoint records; other layouts need it from the user."""
-    name = checkpoint_meta(obj).get("model")
-    if isinstance(name, str) and name:
-        return name
-    raise BadInputError(
-        f"checkpoint {where} does not record its model; name it: edgerep deploy MODEL --checkpoint {where}"
-        " (see `edgerep models`)"
-    )
-
-
-def preprocess_of(name: str, obj: dict | None = None) -> Preprocess:
-    """Input geometry and normalisation: the checkpoint's own record first, else the zoo's defaults."""
-    spec = get_spec(name)
-    meta = checkpoint_meta(obj or {})
-    input_size = meta.get("input_size", spec.input_size)
-    crop_pct = meta.get("crop_pct", 0.875 if min(input_size[1:]) >= 128 else 1.0)
-    return Preprocess.for_input(input_size, meta.get("mean", spec.mean), meta.get("std", spec.std), crop_pct)
 
 
 def _sample_images(folder: str | Path, pre: Preprocess, n: int) -> tuple[Tensor, str]:
@@ -196,26 +168,14 @@ def _sample_images(folder: str | Path, pre: Preprocess, n: int) -> tuple[Tensor,
     return load_images(files, pre).images, f"{len(files)} photos from {Path(folder).name}/"
 
 
-def _references(obj: dict) -> list[tuple[str, Tensor, Tensor]]:
-    x = obj.get("input")
-    if not isinstance(x, Tensor):
-        return []
-    refs = []
-    for key, label in (("output_train", "source train output"), ("output_deploy", "source deploy output")):
-        if isinstance(obj.get(key), Tensor):
-            refs.append((label, x.float(), obj[key].float()))
-    return refs
-
-
-def _check_writable(path: Path) -> None:
-    """Fail before the slow work, not after it: the output folder must exist and be writable."""
-    parent = path.parent
-    if path.is_dir():
-        raise BadInputError(f"output {path} is a directory; give a file name such as {path / 'deploy.pt'}")
-    if not parent.is_dir():
-        raise BadInputError(f"output folder {parent} does not exist; create it or choose another -o path")
-    if not os.access(parent, os.W_OK):
-        raise BadInputError(f"output folder {parent} is not writable; choose another -o path")
+def _check_output(path: Path, source: Path) -> None:
+    """The deploy checkpoint goes to a new file: never over its own source, never into a missing folder."""
+    writable_file(path, example="deploy.pt")
+    if path.exists() and path.resolve() == source.resolve():
+        raise BadInputError(
+            f"-o {path} is the checkpoint being deployed; writing the deploy form there would replace the"
+            " training checkpoint: choose another file name, e.g. -o deploy.pt"
+        )
 
 
 def export_checkpoint(
@@ -238,23 +198,22 @@ def export_checkpoint(
     still built); other bad input raises.
     """
     from .backends.base import UnsupportedLayerError
-    from .export import export
-    from .targets import get_target
+    from .export.pipeline import export
+    from .export.targets import get_target
 
     for t, p in plan:
         tgt = get_target(t)
         tgt.precision(p)
         tgt.resolve_options(options)
-    obj = read_checkpoint(checkpoint)
-    name = name or model_name_of(obj, checkpoint)
-    model, info = load_model(name, obj, layout=layout, where=str(checkpoint))
-    info = replace(info, path=Path(checkpoint), sha256=sha256_file(checkpoint))
-    pre = preprocess_of(name, obj)
+    ck = Checkpoint.open(checkpoint)
+    name = ck.model_name(name)
+    model, info = ck.load(name, layout=layout)
+    pre = ck.preprocess(name)
     if info.form == "train":
         if progress:
             progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
         model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
-    labels = checkpoint_meta(obj).get("labels")
+    labels = ck.labels
     rows = []
     for t, p in plan:
         if progress:

@@ -14,7 +14,7 @@ import torch
 
 from edgerep.checkpoints import save_checkpoint
 from edgerep.cli import main
-from edgerep.numerics import randomize_bn
+from edgerep.proof.numerics import randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.zoo import create_model
 

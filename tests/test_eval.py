@@ -17,12 +17,11 @@ from conftest import one_error_line, run_cli
 from torch import nn
 
 from edgerep import defaults
-from edgerep.checkpoints import load_model, save_checkpoint
-from edgerep.checkpoints.io import read_checkpoint
+from edgerep.accuracy.evaluate import Reference, Subject, evaluate, open_data, open_subject
+from edgerep.checkpoints import Checkpoint, load_model, save_checkpoint
 from edgerep.cli import main
 from edgerep.errors import BadInputError
-from edgerep.evaluate import Reference, Subject, evaluate, open_data, open_subject
-from edgerep.export import export
+from edgerep.export.pipeline import export
 from edgerep.images import load_images
 from edgerep.reparam import reparameterize
 
@@ -106,7 +105,7 @@ def test_shipped_checkpoint_scores_the_accuracy_its_recipe_records() -> None:
 
 def test_deploy_form_checkpoint_agrees_with_the_train_form(photos, tmp_path) -> None:
     train = open_subject(defaults.default_model_path())
-    obj = read_checkpoint(defaults.default_model_path())
+    obj = Checkpoint.open(defaults.default_model_path()).obj
     model, _ = load_model("repghostnet_050", obj)
     meta = {k: v for k, v in obj["meta"].items() if k in ("input_size", "mean", "std", "labels", "crop_pct")}
     path = save_checkpoint(tmp_path / "deploy.pt", reparameterize(model.float()), model="repghostnet_050", extra=meta)

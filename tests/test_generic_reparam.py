@@ -10,8 +10,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch import nn
 
-from edgerep.metrics import count_nodes
-from edgerep.numerics import randomize_bn
+from edgerep.proof.metrics import count_nodes
+from edgerep.proof.numerics import randomize_bn
 from edgerep.reparam.blocks.acb import ACBlock
 from edgerep.reparam.blocks.cmb import CircularMaskBlock
 from edgerep.reparam.blocks.dbb import DiverseBranchBlock

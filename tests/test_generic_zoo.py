@@ -16,11 +16,11 @@ import pytest
 import torch
 from conftest import REL_TOL_FP32, REL_TOL_FP64, shared_path
 
-from edgerep.checkpoints.io import read_checkpoint
+from edgerep.checkpoints import Checkpoint
 from edgerep.checkpoints.load import load_model
 from edgerep.cli import main
-from edgerep.metrics import count_nodes
-from edgerep.numerics import randomize_bn
+from edgerep.proof.metrics import count_nodes
+from edgerep.proof.numerics import randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.reparam.generic import generic_pass
 from edgerep.zoo import get_spec, list_models
@@ -98,7 +98,7 @@ def test_every_other_zoo_model_generic_matches_block_aware(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("fixture", sorted(FIXTURES))
 def test_fixture_generic_reproduces_source_outputs(fixture):
-    obj = read_checkpoint(shared_path("fixtures", "checkpoints", fixture))
+    obj = Checkpoint.open(shared_path("fixtures", "checkpoints", fixture)).obj
     name = FIXTURES[fixture]
     model, _ = load_model(name, obj, form="train")
     model.eval()

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from edgerep import defaults
-from edgerep.api import preprocess_of
-from edgerep.checkpoints.io import load_state_dict, read_checkpoint
-from edgerep.checkpoints.load import load_model, sha256_file
+from edgerep.checkpoints import Checkpoint, load_state_dict, preprocess_of
+from edgerep.checkpoints.load import load_model
 from edgerep.errors import BadInputError
+from edgerep.fileio import sha256_path
 from edgerep.images import (
     ImageList,
     Preprocess,
@@ -292,14 +292,14 @@ def test_shipped_checkpoint_loads_and_matches_its_recipe() -> None:
     assert path.suffix == ".pt" and path.stat().st_size < 4_000_000
     sd = load_state_dict(path)
     assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
-    obj = read_checkpoint(path)
+    obj = Checkpoint.open(path).obj
     meta, recipe = obj["meta"], defaults.default_recipe()
     assert meta["model"] == recipe["model"] == defaults.default_model_name()
     assert meta["form"] == "train" and meta["num_classes"] == 10 and meta["input_size"] == [3, 32, 32]
     assert meta["labels"] == recipe["data"]["classes"] == CIFAR_CLASSES
     # The CLI derives preprocessing from the checkpoint meta: it must be what the model was trained with.
-    assert preprocess_of(meta["model"], obj) == defaults.default_preprocess()
-    assert recipe["checkpoint_sha256"] == sha256_file(path)
+    assert preprocess_of(meta["model"], meta) == defaults.default_preprocess()
+    assert recipe["checkpoint_sha256"] == sha256_path(path)
 
 
 def test_shipped_model_reproduces_its_recorded_top1() -> None:

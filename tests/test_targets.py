@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgerep import targets
 from edgerep.errors import BadInputError
-from edgerep.targets import TOLERANCE_KEYS, get_target, target_names
+from edgerep.export import targets
+from edgerep.export.targets import TOLERANCE_KEYS, get_target, target_names
 
 
 def test_every_shipped_target_parses_and_its_defaults_are_allowed() -> None:
@@ -77,7 +77,7 @@ def test_tolerance_override_tightens_or_relaxes_one_key() -> None:
 
 def test_a_broken_target_file_names_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "bad.toml").write_text('name = "bad"\nsuffix = ".x"\n')  # no [precisions]
-    monkeypatch.setattr(targets, "_target_dir", lambda: tmp_path)
+    monkeypatch.setattr(targets, "data_folder", lambda _name: tmp_path)
     targets._load.cache_clear()
     try:
         with pytest.raises(BadInputError, match="bad.toml is invalid"):

@@ -6,11 +6,11 @@ from torch import nn
 
 from edgerep.api import deploy
 from edgerep.errors import VerificationError
-from edgerep.metrics import count_macs, count_nodes, count_params
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.metrics import count_macs, count_nodes, count_params
+from edgerep.proof.numerics import output_error, randomize_bn
+from edgerep.proof.verify import verify_deploy
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
 from edgerep.reparam.fuse import KernelBias
-from edgerep.verify import verify_deploy
 
 
 def _net() -> nn.Sequential:

@@ -1,7 +1,7 @@
 """The one interface every export target implements (ONNX, TFLite, Core ML; ExecuTorch later).
 
 A backend turns a *deploy-form* PyTorch model into an artifact file and runs an artifact on inputs.
-It knows nothing of checkpoints, validation thresholds, manifests or the CLI: ``edgerep.export``
+It knows nothing of checkpoints, validation thresholds, manifests or the CLI: ``edgerep.export.pipeline``
 orchestrates those, so adding a target is one backend module plus one ``targets/<name>.toml``.
 
 ``conversion_error`` is what every backend raises when its converter fails: one line naming the user's

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
+from ..proof.numerics import closeness
 from ..quant import calibration, prepare
 from .base import ExportInfo, ExportRequest, conversion_error
 
@@ -189,7 +190,7 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
             ref = model(images).reshape(len(images), -1).double().numpy()
         alt = tmp / "reduce_range.onnx"
         build(True, alt)
-        scores = {bits: _mean_cosine(ref, BACKEND.run(p, images.numpy())) for bits, p in ((8, out), (7, alt))}
+        scores = {bits: closeness(ref, BACKEND.run(p, images.numpy())).cosine for bits, p in ((8, out), (7, alt))}
         record["auto_cosine_by_weight_bits"] = scores
         if scores[7] > scores[8]:
             reduce_range = True
@@ -204,12 +205,6 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
         "transforms": record,
         "float_nodes": keep,
     }
-
-
-def _mean_cosine(ref: np.ndarray, out: np.ndarray) -> float:
-    out = out.reshape(len(ref), -1).astype(np.float64)
-    norms = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
-    return float(((ref * out).sum(1) / norms).mean())
 
 
 def _nodes_of(proto, layers: list[str]) -> list[str]:

@@ -18,9 +18,6 @@ No timestamp is stored: the same weights give the same bytes, hence the same sha
 
 from __future__ import annotations
 
-import hashlib
-import os
-import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,12 +28,14 @@ from torch import Size, Tensor, nn
 
 from .. import __version__
 from ..errors import BadInputError, CheckpointError
+from ..fileio import atomic_path
 from ..reparam import count_blocks, reparameterize
 from ..zoo import create_model, get_spec, list_models
-from .io import extract_state_dict, read_checkpoint
+from .checkpoint import Checkpoint
+from .io import extract_state_dict
 from .layouts import EDGEREP_FORMAT, detect_layout, form_evidence, get_layout
 
-__all__ = ["LoadInfo", "load_model", "save_checkpoint", "sha256_file"]
+__all__ = ["LoadInfo", "load_model", "save_checkpoint"]
 
 FORMS = ("train", "deploy")
 FORMAT_VERSION = 1
@@ -57,7 +56,7 @@ class LoadInfo:
 
 def load_model(
     name: str,
-    checkpoint: str | Path | dict,
+    checkpoint: str | Path | dict | Checkpoint,
     *,
     layout: str | None = None,
     form: str | None = None,
@@ -74,7 +73,10 @@ def load_model(
     spec = get_spec(name)
     if form is not None and form not in FORMS:
         raise BadInputError(f"unknown form {form!r}; use one of: {', '.join(FORMS)} (or omit it to auto-detect)")
-    obj, path = (checkpoint, None) if isinstance(checkpoint, dict) else (read_checkpoint(checkpoint), Path(checkpoint))
+    if not isinstance(checkpoint, (dict, Checkpoint)):
+        checkpoint = Checkpoint.open(checkpoint)
+    obj, path, sha = (checkpoint, None, None) if isinstance(checkpoint, dict) else (
+        checkpoint.obj, checkpoint.path, checkpoint.sha256)
     where = where or (str(path) if path is not None else "<dict>")
 
     sd = extract_state_dict(obj, where)  # first, so that a file without weights is named in the error
@@ -109,7 +111,6 @@ def load_model(
     full = model.state_dict()
     full.update(renamed)  # keeps the model's own num_batches_tracked when the checkpoint has none
     model.load_state_dict(full)
-    sha = sha256_file(path) if path is not None else None
     return model.eval(), LoadInfo(path, sha, chosen, found_form, num_classes, name)
 
 
@@ -154,14 +155,6 @@ def _plain(value: object) -> bool:
     """What the weights-only loader reads back without allow-listing: primitives and flat lists of them."""
     scalar = (str, int, float, bool, type(None))
     return isinstance(value, scalar) or (isinstance(value, (list, tuple)) and all(isinstance(v, scalar) for v in value))
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _choose_layout(asked: str | None, found: str, sd: Mapping[str, Tensor], where: str, family: str) -> str:
@@ -316,15 +309,8 @@ def _classifier_out(model: nn.Module) -> int:
 def _write_atomically(path: Path, obj: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:
+            torch.save(obj, f)  # a file object, not a name: the archive's inner folder name stays fixed
     except OSError as exc:
         raise CheckpointError(
             f"cannot write checkpoint {path} ({exc.strerror or exc}); check the folder and free space"

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except VerificationError as exc:
         if exc.report is not None and not getattr(args, "json", False):
-            from ..report import format_deploy_report
+            from ..proof.report import format_deploy_report
 
             print(format_deploy_report(exc.report))
         elif exc.report is not None:

@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
-    from ..targets import get_target
+    from ..export.targets import get_target
+    from ..fileio import write_text
     from ..tradeoff.run import run_bench
     from ..tradeoff.table import terminal_table, to_csv, to_json, to_markdown
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         calibration=args.calib, progress=status,
     )
     for suffix, text in ((".md", to_markdown(rows)), (".csv", to_csv(rows)), (".json", to_json(rows))):
-        _write(out / f"tradeoff{suffix}", text)
+        write_text(out / f"tradeoff{suffix}", text)
     written = [f"tradeoff{s}" for s in (".md", ".csv", ".json")]
     if not args.no_plot:
         from ..tradeoff.plot import plot_tradeoff
@@ -100,9 +101,3 @@ def _check_devices(devices: list[str]) -> None:
     for d in devices:
         if not (d == "host" or d.startswith(("ssh://", "adb:"))):
             get_profile(d)  # unknown names are refused here with the list of known ones
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
     from ..api import deploy_checkpoint
-    from ..report import format_deploy_report
+    from ..proof.report import format_deploy_report
 
     name, checkpoint = args.model, args.checkpoint
     if name is None and checkpoint is None:

@@ -79,8 +79,8 @@ def _sensitivity(args: argparse.Namespace, paths: list[Path], default_images: Pa
 
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
-    from ..evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
-    from ..manifest import write_manifest
+    from ..accuracy.evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
+    from ..fileio import write_json
 
     data = open_data(args.data or defaults.default_images_dir())  # bad data fails before any model is loaded
     paths = expand(args.paths) if args.paths else [defaults.default_model_path()]
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
                                 progress=None if args.json else _progress()))
     doc = results_document(results, data)
     if output is not None:
-        write_manifest(output, doc)
+        write_json(output, doc)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -118,7 +118,7 @@ def expand(paths: list[str]) -> list[Path]:
 
     A manifest stands for its artifact, so ``edgerep eval edgerep-out/*`` works as well as ``edgerep-out/``.
     """
-    from ..evaluate import artifact_suffixes
+    from ..accuracy.evaluate import artifact_suffixes
 
     suffixes = artifact_suffixes()
     out: list[Path] = []
@@ -140,7 +140,7 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def format_results(results: list, data: str) -> str:
-    from ..report import human, table
+    from ..tables import human, table
 
     rows = []
     for r in results:

@@ -53,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
     from ..api import export_checkpoint
-    from ..report import human, table
-    from ..targets import target_names
+    from ..export.targets import target_names
+    from ..tables import human, table
 
     name, checkpoint = args.model, args.checkpoint
     demo = name is None and checkpoint is None

@@ -89,8 +89,8 @@ def _inputs(artifact: Path, args: argparse.Namespace):
     import numpy as np
 
     from .. import defaults
+    from ..export.manifest import manifest_path, read_manifest
     from ..images import Preprocess, list_images, load_images
-    from ..manifest import manifest_path, read_manifest
 
     if args.random is not None:
         if args.random < 1:
@@ -114,7 +114,7 @@ def _inputs(artifact: Path, args: argparse.Namespace):
 
 def _artifact_shape(artifact: Path, args: argparse.Namespace) -> tuple[int, int, int]:
     """(C, H, W) of the artifact's input, from its manifest or, for any other file, from the file itself."""
-    from ..manifest import manifest_path, read_manifest
+    from ..export.manifest import manifest_path, read_manifest
 
     mpath = manifest_path(artifact)
     if mpath.is_file():

@@ -32,7 +32,7 @@ def model_source(spec: str, workdir: Path) -> tuple[str | None, Path, str]:
     if Path(spec).is_file():
         return None, Path(spec), ""
     from ..checkpoints.load import save_checkpoint
-    from ..numerics import randomize_bn
+    from ..proof.numerics import randomize_bn
     from ..zoo import create_model, get_spec
 
     get_spec(spec)  # an unknown name is refused here, with suggestions

@@ -1,34 +1,9 @@
-"""Plain-text tables for the terminal (no dependency: CI logs and ssh sessions read them too)."""
+"""The deploy report as a person reads it: what was fused, each check against its reference, size and speed."""
 
 from __future__ import annotations
 
-from typing import Sequence
-
+from ..tables import human, table
 from .verify import DeployReport
-
-
-def table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] | frozenset[int] = frozenset()
-) -> str:
-    """A column-aligned table; columns whose index is in ``right`` are right-aligned (numbers)."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
-
-
-def human(n: float | None, unit: str = "") -> str:
-    """1234567 -> '1.23M' (metric prefixes, three significant digits)."""
-    if n is None:
-        return "n/a"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}{unit}"
-    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"
 
 
 def format_deploy_report(report: DeployReport) -> str:

@@ -26,18 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .api import checkpoint_meta, preprocess_of
-from .backends import get_backend
-from .checkpoints.io import read_checkpoint
-from .checkpoints.load import load_model
-from .errors import BadInputError, EdgerepError
+from ..backends import get_backend
+from ..checkpoints import Checkpoint, preprocess_of
+from ..errors import BadInputError, EdgerepError
+from ..export.manifest import manifest_path, read_manifest, size_bytes
+from ..export.targets import get_target, target_names
+from ..fileio import sha256_path
+from ..images import ImageList, Preprocess, iter_batches, list_images, load_npz
+from ..proof.numerics import closeness
 from .gate import RESULTS_KIND
-from .images import ImageList, Preprocess, iter_batches, list_images, load_npz
-from .manifest import manifest_path, read_manifest, sha256_path, size_bytes
-from .targets import get_target, target_names
 
 __all__ = [
     "Agreement", "Data", "EvalResult", "Reference", "Subject", "artifact_suffixes", "evaluate", "open_data",
@@ -65,6 +64,7 @@ class Subject:
     size_bytes: int = 0
     source: Path | None = None  # the checkpoint an artifact was exported from, when its manifest names one
     notes: list[str] = field(default_factory=list)
+    module: torch.nn.Module | None = None  # the PyTorch model itself, for checkpoints
 
 
 @dataclass
@@ -123,24 +123,19 @@ def open_subject(path: str | Path, model: str | None = None) -> Subject:
 
 def open_checkpoint(path: str | Path, model: str | None = None) -> Subject:
     """A train- or deploy-form checkpoint, evaluated as saved, in float32."""
-    p = Path(path)
-    obj = read_checkpoint(p)
-    name = model or checkpoint_meta(obj).get("model")
-    if not isinstance(name, str) or not name:
-        raise BadInputError(
-            f"checkpoint {p} does not record its model; name it with --model NAME (see `edgerep models`)"
-        )
-    net, info = load_model(name, obj, where=str(p))
+    ck = Checkpoint.open(path)
+    name = ck.model_name(model)
+    net, info = ck.load(name)
     net = net.float().eval()
-    pre = preprocess_of(name, obj)
+    pre = ck.preprocess(name)
 
     @torch.no_grad()
     def predict(x: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(x)).reshape(len(x), -1).numpy()
 
     return Subject(
-        name, TORCH, "fp32", p, pre, (3, *pre.size), predict, labels=checkpoint_meta(obj).get("labels"),
-        form=info.form, size_bytes=p.stat().st_size,
+        name, TORCH, "fp32", ck.path, pre, (3, *pre.size), predict, labels=ck.labels, form=info.form,
+        size_bytes=ck.path.stat().st_size, module=net,
     )
 
 
@@ -238,12 +233,12 @@ def _artifact_input(path: Path, target: str, man: dict) -> tuple[tuple, str]:
         inp = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
         return tuple(inp.shape), "nchw"
     if target == "tflite":
-        from .backends.tflite import NHWC_INPUT, interpreter_lib
+        from ..backends.tflite import NHWC_INPUT, interpreter_lib
 
         inp = interpreter_lib.Interpreter(model_path=str(path)).get_input_details()[0]
         return tuple(int(s) for s in inp["shape"]), "nhwc" if NHWC_INPUT in inp["name"] else "nchw"
     if target == "coreml":
-        from .backends.mil_eval import load_program
+        from ..backends.mil_eval import load_program
 
         var = next(iter(load_program(path).inputs.values()))
         return tuple(int(s) for s in var.shape), "nchw"
@@ -434,12 +429,8 @@ def _topk(logits: np.ndarray, y: np.ndarray, k: int) -> float:
 
 
 def _agreement(ref: np.ndarray, out: np.ndarray, where: str) -> Agreement:
-    r, o = torch.from_numpy(ref), torch.from_numpy(out)
-    log_r, log_o = F.log_softmax(r, dim=1), F.log_softmax(o, dim=1)
-    kl = (log_r.exp() * (log_r - log_o)).sum(1).mean().item()
-    cosine = F.cosine_similarity(r, o, dim=1).mean().item()
-    top1 = (r.argmax(1) == o.argmax(1)).double().mean().item()
-    return Agreement(where, top1, max(kl, 0.0), cosine)  # rounding can make a zero KL slightly negative
+    near = closeness(ref, out)
+    return Agreement(where, near.top1, near.kl, near.cosine)
 
 
 def _shape(shape) -> str:

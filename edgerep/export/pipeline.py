@@ -25,13 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backends import ExportRequest, get_backend
-from .checkpoints.load import LoadInfo, sha256_file
-from .errors import BadInputError, VerificationError
-from .images import ImageSource, Preprocess, list_images, load_images
-from .manifest import MANIFEST_VERSION, manifest_path, sha256_path, size_bytes, tool_versions, write_manifest
-from .numerics import output_error
-from .reparam import count_blocks
+from ..backends import ExportRequest, get_backend
+from ..checkpoints import LoadInfo
+from ..errors import BadInputError, VerificationError
+from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
+from ..images import ImageSource, Preprocess, list_images, load_images
+from ..proof.numerics import closeness, output_error, top1_accuracy
+from ..reparam import count_blocks
+from .manifest import MANIFEST_VERSION, manifest_path, size_bytes, tool_versions
 from .targets import AGREEMENT_FLOORS, ERROR_BOUNDS, get_target
 
 __all__ = ["ExportResult", "ExportWarning", "InputSetResult", "Validation", "export"]
@@ -126,8 +127,9 @@ def export(
             f"{name} still has {count_blocks(model)} re-param blocks in the train form; deploy it first"
             " (edgerep deploy, or edgerep.deploy()) so the artifact holds the fused graph"
         )
-    out_dir = _output_dir(output_dir)
     backend = get_backend(tgt.backend, tgt.extra)  # a missing optional dependency fails here, before any work
+    out_dir, _ = writable_dir(output_dir)
+    remove_stale_staging(out_dir)
     notes: list[str] = []
 
     calib, calib_labels = None, None
@@ -139,9 +141,10 @@ def export(
 
     shape = (batch, *input_size)
     artifact = out_dir / f"{name}-{prec.name}{tgt.suffix}"
+    _refuse_foreign(artifact)
     request = ExportRequest(shape, prec.name, calib, layout, opts)
     model = model.eval()
-    tmp = Path(tempfile.mkdtemp(prefix=".edgerep-export-", dir=out_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}export-", dir=out_dir))
     try:
         staged = tmp / artifact.name
         say(f"exporting {name} to {tgt.name} {prec.name}")
@@ -179,8 +182,9 @@ def export(
             "notes": info.notes + notes,
             "tools": tool_versions(tgt.packages),
         }
-        _move(staged, artifact)
-        written = write_manifest(manifest_path(artifact), manifest)
+        manifest_path(artifact).unlink(missing_ok=True)  # an old manifest must never describe the new file
+        replace_path(staged, artifact)
+        written = write_json(manifest_path(artifact), manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(
@@ -204,8 +208,8 @@ def _validate(backend, path: Path, model: nn.Module, images, shape: tuple[int, .
         out = torch.from_numpy(np.asarray(backend.run(path, x.float().numpy()))).reshape(len(x), -1).float()
         r = _compare(label, kind, ref, out)
         if truth is not None and len(truth) == len(x):
-            r.accuracy_reference = (ref.argmax(1) == truth).double().mean().item()
-            r.accuracy_artifact = (out.argmax(1) == truth).double().mean().item()
+            r.accuracy_reference = top1_accuracy(ref, truth)
+            r.accuracy_artifact = top1_accuracy(out, truth)
         results.append(r)
         if not torch.isfinite(out).all():
             failures.append(
@@ -224,10 +228,8 @@ def _validate(backend, path: Path, model: nn.Module, images, shape: tuple[int, .
 
 
 def _compare(label: str, kind: str, ref: Tensor, out: Tensor) -> InputSetResult:
-    err = output_error(ref, out)
-    cos = torch.nn.functional.cosine_similarity(ref.double(), out.double(), dim=1)
-    agree = (ref.argmax(1) == out.argmax(1)).double().mean().item()
-    return InputSetResult(label, kind, len(ref), err.max_abs, err.rel, cos.mean().item(), cos.min().item(), agree)
+    err, near = output_error(ref, out), closeness(ref, out)
+    return InputSetResult(label, kind, len(ref), err.max_abs, err.rel, near.cosine, near.cosine_min, near.top1)
 
 
 def _calibration(
@@ -279,28 +281,16 @@ def _images(source: Images | None, pre: Preprocess, what: str) -> tuple[Tensor, 
     return batch.images, f"{len(batch.images)} {what} from {where}", batch.labels
 
 
-def _output_dir(path: str | Path) -> Path:
-    """Create the output folder if needed; fail now, before the slow work, if it cannot be written."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInputError(f"cannot create output folder {p} ({exc.strerror}); choose another -o path") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise BadInputError(f"output folder {p} is not writable; choose another -o path")
-    return p
-
-
-def _move(staged: Path, final: Path) -> None:
-    """Replace ``final`` with ``staged`` atomically; an old manifest goes first so it never describes a new file."""
-    manifest_path(final).unlink(missing_ok=True)
-    if final.is_dir() and not final.is_symlink():  # os.replace cannot replace a non-empty folder (.mlpackage)
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, final)
+def _refuse_foreign(artifact: Path) -> None:
+    """Replacing an earlier artifact is fine; a folder of the user's that happens to bear its name is not."""
+    if not artifact.exists() and not artifact.is_symlink():
+        return
+    ours = manifest_path(artifact).is_file() and (artifact.is_file() or (artifact / "Manifest.json").is_file())
+    if artifact.is_symlink() or not ours:
+        raise BadInputError(
+            f"{artifact} exists and is not an edgerep artifact (no manifest beside it); move it away or choose"
+            " another -o folder — edgerep replaces only its own earlier artifacts"
+        )
 
 
 def _source(source: LoadInfo | str | Path | None) -> dict | None:
@@ -313,4 +303,4 @@ def _source(source: LoadInfo | str | Path | None) -> dict | None:
             "layout": source.layout,
             "form": source.form,
         }
-    return {"path": str(source), "sha256": sha256_file(source)}
+    return {"path": str(source), "sha256": sha256_path(Path(source))}
