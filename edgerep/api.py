@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .checkpoints import Checkpoint, LoadInfo, load_model, save_checkpoint
 from .errors import BadInputError, EdgerepError, VerificationError
 from .fileio import writable_file
-from .images import Preprocess, list_images, load_images
+from .images import Batch, ImageList, Preprocess, evenly_spaced, list_images, load_images
 from .proof.verify import DEFAULT_RTOL, DeployReport, verify_deploy
 from .reparam import count_blocks, reparameterize
 from .zoo import get_spec
@@ -103,7 +103,7 @@ def deploy_checkpoint(
     checkpoint: str | Path,
     *,
     output: str | Path | None = None,
-    layout: str | None = None,
+    checkpoint_layout: str | None = None,
     rtol: float = DEFAULT_RTOL,
     images: str | Path | None = None,
     n_images: int = 8,
@@ -127,7 +127,7 @@ def deploy_checkpoint(
     if output is not None:
         _check_output(Path(output), ck.path)
     name = ck.model_name(name)
-    model, info = ck.load(name, layout=layout, form="train")
+    model, info = ck.load(name, layout=checkpoint_layout, form="train")
     if output is not None and get_spec(name).family == "msgc":
         raise BadInputError(
             f"{name}: its deploy form (per-sample gates as standard ops) has no checkpoint layout to load back; "
@@ -163,8 +163,7 @@ _CARRIED_META = ("input_size", "mean", "std", "labels", "crop_pct")
 def _sample_images(folder: str | Path, pre: Preprocess, n: int) -> tuple[Tensor, str]:
     """``n`` photos spread evenly over the folder (so every class is likely represented)."""
     items = list_images(folder)
-    step = max(1, len(items.files) // n)
-    files = items.files[::step][:n]
+    files = [items.files[i] for i in evenly_spaced(len(items.files), n)]
     return load_images(files, pre).images, f"{len(files)} photos from {Path(folder).name}/"
 
 
@@ -186,34 +185,37 @@ def export_checkpoint(
     output_dir: str | Path,
     calibration: str | Path | None = None,
     validation: str | Path | None = None,
-    layout: str | None = None,
+    checkpoint_layout: str | None = None,
+    input_layout: str | None = None,
     options: dict | None = None,
     tolerance: dict | None = None,
     progress=None,
 ) -> tuple[list[tuple[str, str, ExportResult | EdgerepError]], LoadInfo]:
     """Load a checkpoint (train form is deployed and verified first), export every (target, precision) of ``plan``.
 
-    Every (target, precision) is checked against its target file before any slow work. A failed
-    validation or a layer the target cannot convert is returned in its row (the other artifacts are
-    still built); other bad input raises.
+    Every (target, precision, option, input layout) is checked against its target file before any slow work, and
+    the photos are decoded once for all of them. A failed validation or a layer the target cannot convert is
+    returned in its row (the other artifacts are still built); other bad input raises.
     """
     from .backends.base import UnsupportedLayerError
     from .export.pipeline import export
     from .export.targets import get_target
 
+    precisions = []
     for t, p in plan:
         tgt = get_target(t)
-        tgt.precision(p)
+        precisions.append(tgt.precision(p))
         tgt.resolve_options(options)
+        tgt.resolve_layout(input_layout)
     ck = Checkpoint.open(checkpoint)
     name = ck.model_name(name)
-    model, info = ck.load(name, layout=layout)
+    model, info = ck.load(name, layout=checkpoint_layout)
     pre = ck.preprocess(name)
     if info.form == "train":
         if progress:
             progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
         model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
-    labels = ck.labels
+    calib, val = _decode_photos(calibration, validation, pre, precisions)
     rows = []
     for t, p in plan:
         if progress:
@@ -221,10 +223,38 @@ def export_checkpoint(
         try:
             result = export(
                 model, name=name, target=t, precision=p, input_size=(3, *pre.size), output_dir=output_dir,
-                preprocess=pre, calibration=calibration, validation=validation, labels=labels, source=info,
-                options=options, tolerance=tolerance, progress=progress,
+                preprocess=pre, calibration=calib, validation=val, labels=ck.labels, source=info,
+                options=options, input_layout=input_layout, tolerance=tolerance, progress=progress,
             )
         except (VerificationError, UnsupportedLayerError) as exc:  # the other targets may still work
             result = exc
         rows.append((t, p, result))
     return rows, info
+
+
+def _decode_photos(calibration, validation, pre: Preprocess, precisions: list) -> tuple[Batch | None, Batch | None]:
+    """Calibration and validation photos decoded once for every artifact (the same folder only once).
+
+    Calibration is needed only by quantized precisions; past the largest per-target maximum it is subsampled
+    evenly before decoding. ``.npz`` files are read as they are.
+    """
+    def decode(source, limit: int = 0) -> tuple[Batch, bool]:
+        """The photos (at most ``limit``, 0 = all) and whether that is all of them."""
+        if Path(source).suffix.lower() == ".npz":
+            return load_images(source, pre), True
+        items = list_images(source)
+        keep = evenly_spaced(len(items.files), limit)
+        labels = None if items.labels is None else [items.labels[i] for i in keep]
+        batch = load_images(ImageList([items.files[i] for i in keep], labels, items.classes), pre)
+        return batch, len(keep) == len(items.files)
+
+    quantized = [p for p in precisions if p.calibration]
+    calib, complete = None, False
+    if calibration is not None and quantized:
+        limits = [p.max_calibration_images for p in quantized]
+        calib, complete = decode(calibration, 0 if 0 in limits else max(limits))
+    if validation is None:
+        return calib, None
+    if complete and validation == calibration:
+        return calib, calib
+    return calib, decode(validation)[0]

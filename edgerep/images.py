@@ -115,6 +115,14 @@ class Batch:
     files: list[Path]
 
 
+def evenly_spaced(n: int, limit: int) -> list[int]:
+    """Indices of at most ``limit`` items spread evenly over ``n`` (all of them when ``limit`` is 0)."""
+    if not limit or n <= limit:
+        return list(range(n))
+    step = n / limit
+    return [int(i * step) for i in range(limit)]
+
+
 def list_images(source: ImageSource) -> ImageList:
     """Resolve a class-per-subfolder folder, a flat folder of images, or a list of image files.
 

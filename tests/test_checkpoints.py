@@ -164,8 +164,8 @@ def test_failed_save_leaves_the_old_file(tmp_path, a0, monkeypatch):
 def test_wrong_layout(a0):
     with pytest.raises(CheckpointError, match=r"in the original layout \(keys like stage0\.") as exc:
         load_model("repvgg_a0", to_original(a0.state_dict()), layout="timm")
-    assert "--layout original" in one_line_error(exc)
-    with pytest.raises(CheckpointError, match="not an edgerep file.*--layout timm") as exc:
+    assert "--checkpoint-layout original" in one_line_error(exc)
+    with pytest.raises(CheckpointError, match="not an edgerep file.*--checkpoint-layout timm") as exc:
         load_model("repvgg_a0", a0.state_dict(), layout="edgerep")
     one_line_error(exc)
     with pytest.raises(CheckpointError, match="unknown checkpoint layout 'keras'.*original") as exc:

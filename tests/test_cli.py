@@ -78,7 +78,7 @@ def test_default_run_needs_no_arguments(capsys):
         ("pickle with code", ["deploy", MODEL, "-c", "{evil}"], "never unpickles code"),
         ("raw pickle with code", ["deploy", MODEL, "-c", "{evil_raw}"], "not a readable PyTorch checkpoint"),
         ("unknown model", ["deploy", "repvgg_z9", "-c", "{train}"], "unknown model 'repvgg_z9'"),
-        ("wrong layout", ["deploy", MODEL, "-c", "{train}", "--layout", "original"], "layout"),
+        ("wrong layout", ["deploy", MODEL, "-c", "{train}", "--checkpoint-layout", "original"], "layout"),
         ("deploy given as train", ["deploy", MODEL, "-c", "{deploy}"], "deploy form"),
         ("other model's checkpoint", ["deploy", "repvgg_a0", "-c", "{train}"], "repghostnet_050"),
         ("missing output folder", ["deploy", MODEL, "-c", "{train}", "-o", "{d}/no/such/dir/x.pt"], "does not exist"),

@@ -84,3 +84,26 @@ def test_a_broken_target_file_names_itself(tmp_path: Path, monkeypatch: pytest.M
             get_target("bad")
     finally:
         targets._load.cache_clear()
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_each_backend_implements_exactly_what_its_target_file_lists(name: str) -> None:
+    from edgerep.backends import backend_for
+
+    target = get_target(name)
+    pytest.importorskip({"onnx": "onnxruntime", "tflite": "ai_edge_litert", "coreml": "coremltools",
+                         "executorch": "executorch"}.get(name, name))
+    backend = backend_for(target)  # raises when the code and the TOML disagree
+    assert backend.suffix == target.suffix and set(backend.precisions) == set(target.precisions)
+
+
+def test_a_target_file_that_lists_a_precision_the_code_lacks_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from edgerep.backends import backend_for
+
+    pytest.importorskip("onnxruntime")
+    onnx = get_target("onnx")
+    extra = replace(onnx, precisions={**onnx.precisions, "int4": onnx.precisions["int8"]})
+    with pytest.raises(RuntimeError, match="lists precisions .*int4.* implements"):
+        backend_for(extra)

@@ -28,18 +28,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..backends import get_backend
+from ..backends import get_backend, read_input_spec
 from ..checkpoints import Checkpoint, preprocess_of
-from ..errors import BadInputError, EdgerepError
+from ..errors import BadInputError
 from ..export.manifest import manifest_path, read_manifest, size_bytes
-from ..export.targets import get_target, target_names
+from ..export.targets import artifact_suffixes, get_target
 from ..fileio import sha256_path
 from ..images import ImageList, Preprocess, iter_batches, list_images, load_npz
 from ..proof.numerics import closeness
 from .gate import RESULTS_KIND
 
 __all__ = [
-    "Agreement", "Data", "EvalResult", "Reference", "Subject", "artifact_suffixes", "evaluate", "open_data",
+    "Agreement", "Data", "EvalResult", "Reference", "Subject", "evaluate", "open_data",
     "open_reference", "open_subject", "results_document",
 ]
 
@@ -105,14 +105,6 @@ def results_document(results: list[EvalResult], data: Data) -> dict:
     return {"kind": RESULTS_KIND, "version": 1, "data": data.describe(), "results": [r.to_dict() for r in results]}
 
 
-def artifact_suffixes() -> dict[str, str]:
-    """``{".onnx": "onnx", ...}`` from the shipped target files: a new target is evaluable without edits here."""
-    return {get_target(n).suffix: n for n in target_names()}
-
-
-# --- what to evaluate -------------------------------------------------------------------------------
-
-
 def open_subject(path: str | Path, model: str | None = None) -> Subject:
     """An exported artifact (by suffix, its manifest beside it) or else a PyTorch checkpoint."""
     p = Path(path)
@@ -173,18 +165,10 @@ def open_artifact(path: str | Path, model: str | None = None) -> Subject:
             f"artifact {p} has no manifest ({mpath.name}) to say how to feed it; pass --model NAME to use the zoo"
             " model's preprocessing, or re-export it with edgerep export"
         )
-    backend = get_backend(target.backend, target.extra)  # a missing runtime is a one-line install hint
-    try:
-        shape, layout = _artifact_input(p, target.name, man)
-    except EdgerepError:
-        raise
-    except Exception as exc:  # the runtime's own loader refused the file: corrupt, truncated, not this format
-        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"cannot load {p} with the {target.name} runtime ({why}); re-export it") from None
-    chw = tuple(shape[1:]) if layout == "nchw" else (shape[3], shape[1], shape[2])
-    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    spec = read_input_spec(target, p)
+    backend = get_backend(target.backend, target.extra)
     return Subject(
-        name, target.name, precision, p, pre, chw, lambda x: backend.run(p, x), labels=labels, batch=batch,
+        name, target.name, precision, p, pre, spec.chw, lambda x: backend.run(p, x), labels=labels, batch=spec.batch,
         size_bytes=size_bytes(p), source=source, notes=notes,
     )
 
@@ -222,31 +206,6 @@ def _precision_from_name(path: Path, model: str, target) -> str:
     """``model-int8.onnx`` -> ``int8`` (edgerep export's naming); ``unknown`` for other names."""
     tail = path.name[: -len(path.suffix)].removeprefix(f"{model}-")
     return tail if tail in target.precisions else "unknown"
-
-
-def _artifact_input(path: Path, target: str, man: dict) -> tuple[tuple, str]:
-    """The artifact's input shape and layout, read from the file for the runtimes edgerep knows how to ask
-    (a manifest may be hand-edited), else from the manifest."""
-    if target == "onnx":
-        import onnxruntime as ort
-
-        inp = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
-        return tuple(inp.shape), "nchw"
-    if target == "tflite":
-        from ..backends.tflite import NHWC_INPUT, interpreter_lib
-
-        inp = interpreter_lib.Interpreter(model_path=str(path)).get_input_details()[0]
-        return tuple(int(s) for s in inp["shape"]), "nhwc" if NHWC_INPUT in inp["name"] else "nchw"
-    if target == "coreml":
-        from ..backends.mil_eval import load_program
-
-        var = next(iter(load_program(path).inputs.values()))
-        return tuple(int(s) for s in var.shape), "nchw"
-    spec = man.get("input") or {}
-    if isinstance(spec.get("shape"), list) and len(spec["shape"]) == 4 and spec.get("layout") in ("nchw", "nhwc"):
-        return tuple(spec["shape"]), spec["layout"]
-    raise BadInputError(f"cannot tell the input shape of {path}: its manifest has no 'input' shape and layout;"
-                        " re-export it with edgerep export")
 
 
 # --- the images -------------------------------------------------------------------------------------

@@ -166,12 +166,12 @@ def _choose_layout(asked: str | None, found: str, sd: Mapping[str, Tensor], wher
     if asked == "edgerep":
         raise CheckpointError(
             f"checkpoint {where} is not an edgerep file (no {EDGEREP_FORMAT!r} meta); its keys are in the"
-            f" {found} layout: pass --layout {found} or omit --layout"
+            f" {found} layout: pass --checkpoint-layout {found} or omit it"
         )
     clue = get_layout(found, family).evidence(list(sd)) or next(iter(sd), "")
     raise CheckpointError(
-        f"checkpoint {where} is in the {found} layout (keys like {clue}), not {asked}; pass --layout {found}"
-        " or omit --layout to auto-detect"
+        f"checkpoint {where} is in the {found} layout (keys like {clue}), not {asked}; pass --checkpoint-layout {found}"
+        " or omit --checkpoint-layout to auto-detect"
     )
 
 
@@ -280,7 +280,7 @@ def _describe(
     fix = (
         f"did you mean {' or '.join(fits)}?"
         if fits
-        else "check the model name (`edgerep models`) and --layout, or re-save the checkpoint from this model"
+        else "check the model name (`edgerep models`) and --checkpoint-layout, or re-save the checkpoint from this model"
     )
     return f"checkpoint {where} ({layout} layout, {form} form) does not fit {name}: {'; '.join(parts)}; {fix}"
 

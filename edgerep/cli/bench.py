@@ -6,16 +6,16 @@ import argparse
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import split_list, status
+from .common import renamed, split_list, status
 
 ORDER = 60
 
 EPILOG = """\
 examples:
   edgerep bench                                         # shipped model, onnx+tflite fp32/int8, host + pixel4
-  edgerep bench repghostnet_050=ck.pt repvgg_a0=a0.pt --targets onnx,tflite --precisions fp32,int8 \\
-      --devices host,pixel7 --threads 1,2 --images photos/ -o bench-out/
-  edgerep bench mobileone_s0 repvgg_a0 --devices pixel4   # bare zoo names: random weights, latency only
+  edgerep bench repghostnet_050=ck.pt repvgg_a0=a0.pt --target onnx,tflite --precision fp32,int8 \\
+      --device host,pixel7 --threads 1,2 --images photos/ -o bench-out/
+  edgerep bench mobileone_s0 repvgg_a0 --device pixel4   # bare zoo names: random weights, latency only
 
 MODEL is NAME=CHECKPOINT, an edgerep checkpoint path, or a bare zoo name (random weights: its accuracy
 column stays empty, agreement with fp32 is still measured). Devices: `host` (measured here with each
@@ -37,15 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("models", nargs="*", metavar="MODEL", help="NAME=CKPT, a checkpoint, or a zoo name")
-    b.add_argument("--targets", default="onnx,tflite", help="comma list (default: onnx,tflite)")
-    b.add_argument("--precisions", default="fp32,int8", help="comma list (default: fp32,int8)")
-    b.add_argument("--devices", default="host,pixel4", help="comma list (default: host,pixel4)")
+    b.add_argument("--target", default="onnx,tflite", help="comma list (default: onnx,tflite)")
+    b.add_argument("--precision", default="fp32,int8", help="comma list (default: fp32,int8)")
+    b.add_argument("--device", default="host,pixel4", help="comma list (default: host,pixel4)")
     b.add_argument("--threads", default="1", help="comma list of thread counts (default: 1)")
     b.add_argument("--images", help="labelled photos, one folder per class (default: the shipped CIFAR-10 sample)")
     b.add_argument("--calib", help="calibration photos for int8 (default: --images)")
-    b.add_argument("-o", "--output-dir", default="edgerep-bench", help="where artifacts and the report go")
+    b.add_argument("-o", "--output", default="edgerep-bench", help="folder for artifacts and the report")
     b.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    for old, new in (("--targets", "--target"), ("--precisions", "--precision"), ("--devices", "--device"),
+                     ("--output-dir", "--output")):
+        renamed(b, old, new)
     b.set_defaults(func=run)
 
 
@@ -57,13 +60,13 @@ def run(args: argparse.Namespace) -> int:
     from ..tradeoff.table import terminal_table, to_csv, to_json, to_markdown
 
     models = args.models or [f"{defaults.default_model_name()}={defaults.default_model_path()}"]
-    plan = [(t, p) for t in split_list(args.targets) for p in split_list(args.precisions)]
+    plan = [(t, p) for t in split_list(args.target) for p in split_list(args.precision)]
     for t, p in plan:
         get_target(t).precision(p)  # refused up front, with the allowed list
-    devices = split_list(args.devices)
+    devices = split_list(args.device)
     threads = _threads(args.threads)
     _check_devices(devices)
-    out = Path(args.output_dir)
+    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     rows = run_bench(
         models, plan, devices, threads, output_dir=out, images=args.images or defaults.default_images_dir(),

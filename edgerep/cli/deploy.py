@@ -7,7 +7,7 @@ import json
 import time
 
 from ..errors import BadInputError
-from .common import status
+from .common import renamed, status
 
 ORDER = 10
 
@@ -15,11 +15,11 @@ EPILOG = """\
 examples:
   edgerep deploy                                   # the shipped default model and photos
   edgerep deploy repvgg_a0 -c repvgg_a0.pth -o repvgg_a0_deploy.pt
-  edgerep deploy repvgg_a0 -c RepVGG-A0-train.pth --layout original --images photos/ --json
+  edgerep deploy repvgg_a0 -c RepVGG-A0-train.pth --checkpoint-layout original --images photos/ --json
   edgerep deploy mobileone_s0 -c mobileone_s0.pth --generic   # block-agnostic graph pass, verify only
 
 The checkpoint may come from timm, from the original papers' repositories or from edgerep; its layout
-is detected from its keys (force one with --layout). It must be in training form: a deploy-form
+is detected from its keys (force one with --checkpoint-layout). It must be in training form: a deploy-form
 checkpoint is already fused (give it to `edgerep export`). The deploy checkpoint is written only when
 every check passes (relative error = max|deploy - train| / max|train| <= --rtol).
 """
@@ -39,9 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("-c", "--checkpoint", help="training-form checkpoint (.pt/.pth); default: the shipped demo checkpoint")
     d.add_argument("-o", "--output", help="where to write the deploy checkpoint (atomically); omit to only verify")
     d.add_argument(
-        "--layout", choices=["auto", "timm", "original", "edgerep"], default="auto",
-        help="key layout of the checkpoint (default: detected from its keys)",
+        "--checkpoint-layout", choices=["auto", "timm", "original", "edgerep"], default="auto",
+        help="key naming of the checkpoint: timm's, the original paper repo's, or edgerep's (default: detected)",
     )
+    renamed(d, "--layout", "--checkpoint-layout")
     d.add_argument("--images", help="folder of real photos for the check (default: the shipped CIFAR-10 sample)")
     d.add_argument("--no-images", action="store_true", help="check on random inputs only")
     d.add_argument("--rtol", type=float, default=1e-5, help="tolerated relative error (default: 1e-5, fp32)")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         name,
         checkpoint,
         output=args.output,
-        layout=None if args.layout == "auto" else args.layout,
+        checkpoint_layout=None if args.checkpoint_layout == "auto" else args.checkpoint_layout,
         rtol=args.rtol,
         images=images,
         latency=not args.no_latency,

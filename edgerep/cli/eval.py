@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import status
+from .common import renamed, status
 
 ORDER = 30
 
@@ -17,8 +17,8 @@ EPILOG = """\
 examples:
   edgerep eval                                        # the shipped model on the shipped 200 CIFAR-10 photos
   edgerep eval edgerep-out/                           # every artifact edgerep export wrote, one table
-  edgerep eval model-int8.tflite --data photos/ --reference ck.pt
-  edgerep eval ck.pth --model repvgg_a0 --data val.npz --json
+  edgerep eval model-int8.tflite --images photos/ --reference ck.pt
+  edgerep eval ck.pth --model repvgg_a0 --images val.npz --json
   edgerep eval edgerep-out/ -o results.json && edgerep check results.json --baseline accuracy.json
   edgerep eval --sensitivity                          # which layers of the shipped model hurt int8 most
 
@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    " artifacts; default: the shipped checkpoint")
     e.add_argument("--model", help="zoo model name, for checkpoints that do not record it or artifacts without"
                    " a manifest")
-    e.add_argument("--data", help="image folder (one subfolder per class, or flat: agreement only) or .npz;"
+    e.add_argument("--images", help="image folder (one subfolder per class, or flat: agreement only) or .npz;"
                    " default: the shipped 200 CIFAR-10 test photos")
     ref = e.add_mutually_exclusive_group()
     ref.add_argument("--reference", metavar="CKPT", help="fp32 PyTorch checkpoint to measure agreement against;"
@@ -59,8 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-layer int8 sensitivity of a checkpoint, sorted by the agreement each layer costs")
     e.add_argument("--sensitivity-mode", choices=["only", "all_but"], default="only",
                    help="--sensitivity: quantize one layer at a time (only, default) or all layers but one")
-    e.add_argument("--calib", help="--sensitivity: images for activation ranges (default: the --data images)")
+    e.add_argument("--calib", help="--sensitivity: images for activation ranges (default: the --images photos)")
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    renamed(e, "--data", "--images")
     e.set_defaults(func=run)
 
 
@@ -71,7 +72,7 @@ def _sensitivity(args: argparse.Namespace, paths: list[Path], default_images: Pa
         raise BadInputError("--sensitivity takes one PyTorch checkpoint (it quantizes the model layer by layer)")
     if not args.json:
         status(f"quantizing {paths[0].name} layer by layer ({args.sensitivity_mode})")
-    report = checkpoint_sensitivity(paths[0], args.data or default_images, model=args.model,
+    report = checkpoint_sensitivity(paths[0], args.images or default_images, model=args.model,
                                     calibration=args.calib, mode=args.sensitivity_mode)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_sensitivity(report, top=20))
     return 0
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..accuracy.evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
     from ..fileio import write_json
 
-    data = open_data(args.data or defaults.default_images_dir())  # bad data fails before any model is loaded
+    data = open_data(args.images or defaults.default_images_dir())  # bad data fails before any model is loaded
     paths = expand(args.paths) if args.paths else [defaults.default_model_path()]
     if args.sensitivity:
         return _sensitivity(args, paths, defaults.default_images_dir())
@@ -118,7 +119,7 @@ def expand(paths: list[str]) -> list[Path]:
 
     A manifest stands for its artifact, so ``edgerep eval edgerep-out/*`` works as well as ``edgerep-out/``.
     """
-    from ..accuracy.evaluate import artifact_suffixes
+    from ..export.targets import artifact_suffixes
 
     suffixes = artifact_suffixes()
     out: list[Path] = []

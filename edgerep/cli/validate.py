@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import BadInputError, require
+from ..errors import BadInputError
 from .common import status
 
 ORDER = 25
@@ -95,7 +95,7 @@ def _inputs(artifact: Path, args: argparse.Namespace):
     if args.random is not None:
         if args.random < 1:
             raise BadInputError(f"--random needs a positive count, got {args.random}")
-        shape = _artifact_shape(artifact, args)
+        shape = _artifact_shape(artifact)
         x = np.random.default_rng(0).standard_normal((args.random, *shape)).astype(np.float32)
         return x, f"{args.random} random inputs (standard normal, seed 0)"
     mpath = manifest_path(artifact)
@@ -112,19 +112,9 @@ def _inputs(artifact: Path, args: argparse.Namespace):
     return batch.images.numpy(), f"{len(files)} photos from {folder}"
 
 
-def _artifact_shape(artifact: Path, args: argparse.Namespace) -> tuple[int, int, int]:
-    """(C, H, W) of the artifact's input, from its manifest or, for any other file, from the file itself."""
-    from ..export.manifest import manifest_path, read_manifest
+def _artifact_shape(artifact: Path) -> tuple[int, int, int]:
+    """(C, H, W) of the artifact's input, read from the file itself (a manifest may be stale)."""
+    from ..backends import read_input_spec
+    from ..export.targets import artifact_suffixes, get_target
 
-    mpath = manifest_path(artifact)
-    if mpath.is_file():
-        spec = read_manifest(mpath)["input"]
-        shape = spec["shape"]
-        return tuple(shape[1:]) if spec.get("layout", "nchw") == "nchw" else (shape[3], shape[1], shape[2])
-    if artifact.suffix == ".onnx":
-        graph = require("onnx", "onnx").load(str(artifact), load_external_data=False).graph
-        dims = graph.input[0].type.tensor_type.shape.dim
-        return tuple(d.dim_value or 1 for d in dims)[1:]
-    interpreter = require("ai_edge_litert.interpreter", "tflite")  # .tflite (run() refused every other suffix)
-    shape = [int(d) for d in interpreter.Interpreter(model_path=str(artifact)).get_input_details()[0]["shape"]]
-    return (shape[3], shape[1], shape[2]) if shape[3] in (1, 3) and shape[1] not in (1, 3) else tuple(shape[1:])
+    return read_input_spec(get_target(artifact_suffixes()[artifact.suffix]), artifact).chw

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..backends import ExportRequest, get_backend
+from ..backends import ExportRequest, backend_for
 from ..checkpoints import LoadInfo
 from ..errors import BadInputError, VerificationError
 from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
-from ..images import ImageSource, Preprocess, list_images, load_images
+from ..images import Batch, ImageSource, Preprocess, evenly_spaced, list_images, load_images
 from ..proof.numerics import closeness, output_error, top1_accuracy
 from ..reparam import count_blocks
 from .manifest import MANIFEST_VERSION, manifest_path, size_bytes, tool_versions
@@ -38,7 +38,7 @@ from .targets import AGREEMENT_FLOORS, ERROR_BOUNDS, get_target
 __all__ = ["ExportResult", "ExportWarning", "InputSetResult", "Validation", "export"]
 
 RANDOM_INPUTS = 8
-Images = ImageSource | Tensor
+Images = ImageSource | Tensor | Batch  # a folder / file list, preprocessed NCHW inputs, or decoded photos
 
 
 class ExportWarning(UserWarning):
@@ -100,7 +100,7 @@ def export(
     labels: list[str] | None = None,
     source: LoadInfo | str | Path | None = None,
     options: dict | None = None,
-    layout: str | None = None,
+    input_layout: str | None = None,
     scheme: str | None = None,
     tolerance: dict | None = None,
     batch: int = 1,
@@ -119,7 +119,7 @@ def export(
     tgt = get_target(target)
     prec = tgt.precision(precision)
     opts = tgt.resolve_options(options)
-    layout = tgt.resolve_layout(layout)
+    layout = tgt.resolve_layout(input_layout)
     scheme = tgt.resolve_scheme(prec, scheme)
     tol = tgt.tolerance(prec, tolerance)
     if count_blocks(model):
@@ -127,7 +127,7 @@ def export(
             f"{name} still has {count_blocks(model)} re-param blocks in the train form; deploy it first"
             " (edgerep deploy, or edgerep.deploy()) so the artifact holds the fused graph"
         )
-    backend = get_backend(tgt.backend, tgt.extra)  # a missing optional dependency fails here, before any work
+    backend = backend_for(tgt)  # a missing optional dependency fails here, before any work
     out_dir, _ = writable_dir(output_dir)
     remove_stale_staging(out_dir)
     notes: list[str] = []
@@ -245,17 +245,14 @@ def _calibration(
     if isinstance(calibration, Tensor):
         n = len(calibration)
     else:
-        items = list_images(calibration)
-        keep = range(len(items.files))
-        if prec.max_calibration_images and len(keep) > prec.max_calibration_images:
-            step = len(keep) / prec.max_calibration_images
-            keep = [int(i * step) for i in range(prec.max_calibration_images)]
+        items = calibration if isinstance(calibration, Batch) else list_images(calibration)
+        keep = evenly_spaced(len(items.files), prec.max_calibration_images)
         files = [items.files[i] for i in keep]
-        labels = None if items.labels is None else torch.tensor([items.labels[i] for i in keep])
+        labels = None if items.labels is None else torch.as_tensor([int(items.labels[i]) for i in keep])
         n = len(files)
     if n < prec.min_calibration_images:
         raise BadInputError(
-            f"calibration set {calibration if not isinstance(calibration, Tensor) else '(tensor)'} has {n} images;"
+            f"calibration set {_where(calibration)} has {n} images;"
             f" {target} {prec.name} needs at least {prec.min_calibration_images}"
             f" (better {prec.warn_calibration_images}+)"
         )
@@ -266,7 +263,12 @@ def _calibration(
         )
         notes.append(note)
         warnings.warn(note, ExportWarning, stacklevel=3)
-    x = calibration if isinstance(calibration, Tensor) else load_images(files, pre).images
+    if isinstance(calibration, Tensor):
+        x = calibration
+    elif isinstance(calibration, Batch):
+        x = calibration.images[list(keep)]
+    else:
+        x = load_images(files, pre).images
     return x.float(), labels
 
 
@@ -276,9 +278,18 @@ def _images(source: Images | None, pre: Preprocess, what: str) -> tuple[Tensor, 
         return None
     if isinstance(source, Tensor):
         return source.float(), f"{len(source)} {what}", None
-    batch = load_images(source, pre)
-    where = Path(source).name if isinstance(source, (str, os.PathLike)) else "files"
-    return batch.images, f"{len(batch.images)} {what} from {where}", batch.labels
+    batch = source if isinstance(source, Batch) else load_images(source, pre)
+    return batch.images, f"{len(batch.images)} {what} from {_where(source, batch)}", batch.labels
+
+
+def _where(source: Images, batch: Batch | None = None) -> str:
+    """A short name for an image source in messages: its folder, else the folder its files share."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    if isinstance(source, Tensor):
+        return "(tensor)"
+    files = (batch or source).files if isinstance(batch or source, Batch) else list(source)
+    return Path(os.path.commonpath(files)).name if files else "files"
 
 
 def _refuse_foreign(artifact: Path) -> None:

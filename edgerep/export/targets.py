@@ -217,3 +217,11 @@ def _precision(name: str, d: dict) -> Precision:
 
 def _show(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def artifact_suffixes() -> dict[str, str]:
+    """``{".onnx": "onnx", ...}`` from the shipped target files: a new target is evaluable without edits here."""
+    return {get_target(n).suffix: n for n in target_names()}
+
+
+# --- what to evaluate -------------------------------------------------------------------------------
