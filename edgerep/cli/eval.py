@@ -81,13 +81,13 @@ def _sensitivity(args: argparse.Namespace, paths: list[Path], default_images: Pa
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
     from ..accuracy.evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
-    from ..fileio import write_json
+    from ..fileio import writable_file, write_json
 
     data = open_data(args.images or defaults.default_images_dir())  # bad data fails before any model is loaded
     paths = expand(args.paths) if args.paths else [defaults.default_model_path()]
     if args.sensitivity:
         return _sensitivity(args, paths, defaults.default_images_dir())
-    output = _output(args.output)
+    output = None if args.output is None else writable_file(args.output, example="results.json")
     fixed_ref = open_reference(args.reference, args.model) if args.reference else None
     refs: dict[Path, Reference] = {}  # by checkpoint: each reference runs once for all its artifacts
     say = (lambda _msg: None) if args.json else status
@@ -158,16 +158,6 @@ def format_results(results: list, data: str) -> str:
         lines.append("agreement with fp32 PyTorch: " + ", ".join(refs))
     lines += [f"note: {Path(r.path).name}: {n}" for r in results for n in r.notes]
     return "\n".join(lines)
-
-
-def _output(path: str | None) -> Path | None:
-    """Fail before the slow part if the results file cannot be written."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_dir() or not p.parent.is_dir():
-        raise BadInputError(f"cannot write results to {p}: give a file name in an existing folder")
-    return p
 
 
 def _progress() -> Callable[[int, int], None] | None:
