@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import status
+from .common import positive_int, status
 
 ORDER = 30
 
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ref.add_argument("--reference", metavar="CKPT", help="fp32 PyTorch checkpoint to measure agreement against;"
                      " default: the checkpoint an artifact's manifest names")
     ref.add_argument("--no-reference", action="store_true", help="skip the agreement measurement")
-    e.add_argument("--batch-size", type=int, default=64, help="images per runtime call (fixed-batch artifacts loop)")
+    e.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per runtime call (fixed-batch artifacts loop)")
     e.add_argument("-o", "--output", metavar="RESULTS.json",
                    help="also write the results JSON here (for edgerep check)")
     e.add_argument("--sensitivity", action="store_true",
@@ -160,13 +161,10 @@ def format_results(results: list, data: str) -> str:
 
 
 def _output(path: str | None) -> Path | None:
-    """Fail before the slow part if the results file cannot be written."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_dir() or not p.parent.is_dir():
-        raise BadInputError(f"cannot write results to {p}: give a file name in an existing folder")
-    return p
+    """Fail before the slow part if the results file cannot be written (missing or read-only folder)."""
+    from ..fileio import writable_file
+
+    return None if path is None else writable_file(path, example="results.json")
 
 
 def _progress() -> Callable[[int, int], None] | None:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import BadInputError, EdgerepError, VerificationError
-from .common import key_value, split_list, status
+from .common import comma_list, fraction, key_value, split_list, status
 
 ORDER = 20
 
@@ -37,14 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("model", nargs="?", help="zoo model name; default: the shipped demo model")
     e.add_argument("-c", "--checkpoint", help="train- or deploy-form checkpoint; default: the shipped demo checkpoint")
-    e.add_argument("--target", default=None, help="onnx, tflite, coreml, executorch, or all; comma-separated list allowed")
-    e.add_argument("--precision", default=None, help="fp32, fp16, int8, w8, palettize4/6/8 (per target); comma list")
+    e.add_argument("--target", default=None, type=comma_list,
+                   help="onnx, tflite, coreml, executorch, or all; comma-separated list allowed")
+    e.add_argument("--precision", default=None, type=comma_list,
+                   help="fp32, fp16, int8, w8, palettize4/6/8 (per target); comma list")
     e.add_argument("--calib", help="folder of calibration photos for int8 (>= ~300 recommended)")
     e.add_argument("--val", help="folder of validation photos (default: the calibration photos)")
     e.add_argument("-o", "--output-dir", default="edgerep-out", help="where artifacts and manifests go")
     e.add_argument("--layout", choices=["auto", "timm", "original", "edgerep"], default="auto")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="target option, e.g. opset=18")
-    e.add_argument("--min-agreement", type=float, help="int8 top-1 agreement floor (default: the target's)")
+    e.add_argument("--min-agreement", type=fraction, help="int8 top-1 agreement floor (default: the target's)")
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     e.set_defaults(func=run)
 

@@ -29,7 +29,7 @@ from ..backends import ExportRequest, get_backend
 from ..checkpoints import LoadInfo
 from ..errors import BadInputError, VerificationError
 from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
-from ..images import ImageSource, Preprocess, list_images, load_images
+from ..images import ImageList, ImageSource, Preprocess, list_images, load_images, match_classes
 from ..proof.numerics import closeness, output_error, top1_accuracy
 from ..reparam import count_blocks
 from .manifest import MANIFEST_VERSION, manifest_path, size_bytes, tool_versions
@@ -39,6 +39,7 @@ __all__ = ["ExportResult", "ExportWarning", "InputSetResult", "Validation", "exp
 
 RANDOM_INPUTS = 8
 Images = ImageSource | Tensor
+ModelLabels = tuple[list[str] | None, str]  # the model's labels (None: unrecorded) and its name, for messages
 
 
 class ExportWarning(UserWarning):
@@ -134,8 +135,8 @@ def export(
 
     calib, calib_labels = None, None
     if prec.calibration:
-        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes)
-    images = _images(validation, preprocess, "validation images")
+        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes, (labels, name))
+    images = _images(validation, preprocess, "validation images", (labels, name), notes)
     if images is None and calib is not None:
         images = (calib, f"{len(calib)} calibration images (no separate validation set given)", calib_labels)
 
@@ -233,7 +234,7 @@ def _compare(label: str, kind: str, ref: Tensor, out: Tensor) -> InputSetResult:
 
 
 def _calibration(
-    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str]
+    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str], model: ModelLabels
 ) -> tuple[Tensor, Tensor | None]:
     """Calibration images as a preprocessed tensor: required, at least the minimum, subsampled past the maximum."""
     if calibration is None:
@@ -251,7 +252,7 @@ def _calibration(
             step = len(keep) / prec.max_calibration_images
             keep = [int(i * step) for i in range(prec.max_calibration_images)]
         files = [items.files[i] for i in keep]
-        labels = None if items.labels is None else torch.tensor([items.labels[i] for i in keep])
+        labels = _truth(items, list(keep), calibration, model, notes)
         n = len(files)
     if n < prec.min_calibration_images:
         raise BadInputError(
@@ -270,15 +271,39 @@ def _calibration(
     return x.float(), labels
 
 
-def _images(source: Images | None, pre: Preprocess, what: str) -> tuple[Tensor, str, Tensor | None] | None:
-    """Validation images, their description, and their class labels when the folder has class subfolders."""
+def _images(
+    source: Images | None, pre: Preprocess, what: str, model: ModelLabels, notes: list[str]
+) -> tuple[Tensor, str, Tensor | None] | None:
+    """Validation images, their description, and their classes as model outputs when the folder has class subfolders."""
     if source is None:
         return None
     if isinstance(source, Tensor):
         return source.float(), f"{len(source)} {what}", None
-    batch = load_images(source, pre)
+    items = list_images(source)
+    truth = _truth(items, list(range(len(items.files))), source, model, notes)
+    batch = load_images(items, pre)
     where = Path(source).name if isinstance(source, (str, os.PathLike)) else "files"
-    return batch.images, f"{len(batch.images)} {what} from {where}", batch.labels
+    return batch.images, f"{len(batch.images)} {what} from {where}", truth
+
+
+def _truth(items: ImageList, keep: list[int], source: object, model: ModelLabels, notes: list[str]) -> Tensor | None:
+    """The class of each kept image as the model's output index: folder names matched to the model's labels by
+    name (as ``edgerep eval`` does), never by sorted position, unless the model records no labels.
+
+    Folders that all differ from the labels (e.g. ImageNet's n01440764/...) still calibrate and validate
+    agreement, without accuracy; some matching and some not is a mistake worth an error naming them.
+    """
+    labels, name = model
+    if items.labels is None:
+        return None
+    if not labels:
+        order = list(range(len(items.classes)))
+    elif not set(items.classes) & set(labels):
+        notes.append(f"class folders of {source} are not labels of {name}: top-1 accuracy not measured")
+        return None
+    else:
+        order = match_classes(items.classes, labels, source, name)
+    return torch.tensor([order[items.labels[i]] for i in keep])
 
 
 def _refuse_foreign(artifact: Path) -> None:
