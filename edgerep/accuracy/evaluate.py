@@ -31,10 +31,10 @@ from torch import Tensor
 from ..backends import get_backend, read_input_spec
 from ..checkpoints import Checkpoint, preprocess_of
 from ..errors import BadInputError
-from ..export.manifest import manifest_path, read_manifest, size_bytes
+from ..export.manifest import manifest_path, manifest_preprocess, read_manifest, size_bytes
 from ..export.targets import artifact_suffixes, get_target
 from ..fileio import sha256_path
-from ..images import ImageList, Preprocess, iter_batches, list_images, load_npz
+from ..images import ImageList, Preprocess, iter_batches, list_images, load_npz, match_classes
 from ..proof.numerics import closeness
 from .gate import RESULTS_KIND
 
@@ -151,10 +151,7 @@ def open_artifact(path: str | Path, model: str | None = None) -> Subject:
                 " or delete the stale manifest and pass --model NAME"
             )
         name, precision, labels = man["model"], man["precision"], man.get("labels")
-        try:
-            pre = Preprocess.from_dict(man["preprocess"])
-        except (TypeError, AttributeError) as exc:
-            raise BadInputError(f"manifest {mpath}: malformed 'preprocess' ({exc}); re-export the artifact") from None
+        pre = manifest_preprocess(man, mpath)
         source = _source_checkpoint(man.get("source"))
     elif model is not None:
         name, pre, labels, source = model, preprocess_of(model), None, None
@@ -276,15 +273,7 @@ def label_map(data: Data, labels: list[str] | None, model: str) -> tuple[np.ndar
         return None, "npz label indices" if data.items is None else "none (no class folders)"
     if not labels:
         return None, "class folders in sorted order (the model records no labels)"
-    unknown = [c for c in data.classes if c not in labels]
-    if unknown:
-        shown = ", ".join(unknown[:4]) + (f" (+{len(unknown) - 4} more)" if len(unknown) > 4 else "")
-        some = ", ".join(labels[:6]) + (", ..." if len(labels) > 6 else "")
-        raise BadInputError(
-            f"class folders {shown} in {data.source} are not labels of {model} ({some}); name the folders"
-            " after the model's labels"
-        )
-    return np.array([labels.index(c) for c in data.classes]), "class folders matched to labels by name"
+    return np.array(match_classes(data.classes, labels, data.source, model)), "class folders matched to labels by name"
 
 
 # --- the measurement --------------------------------------------------------------------------------

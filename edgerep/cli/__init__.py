@@ -20,7 +20,10 @@ from ..errors import EdgerepError, VerificationError
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a value refused at parse time (exit 2, one line)
+        return exc.code if isinstance(exc.code, int) else 2
     warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
     if not getattr(args, "func", None):
         parser.print_help()
@@ -44,8 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error shape: one ``error:`` line naming the command's --help, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="edgerep",
         description="Re-parameterized CNNs from training checkpoint to verified phone artifact.",
         epilog="Run `edgerep COMMAND --help` for each command's options and examples.",

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import renamed, split_list, status
+from .common import comma_list, renamed, split_list, status
 
 ORDER = 60
 
@@ -37,10 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("models", nargs="*", metavar="MODEL", help="NAME=CKPT, a checkpoint, or a zoo name")
-    b.add_argument("--target", default="onnx,tflite", help="comma list (default: onnx,tflite)")
-    b.add_argument("--precision", default="fp32,int8", help="comma list (default: fp32,int8)")
-    b.add_argument("--device", default="host,pixel4", help="comma list (default: host,pixel4)")
-    b.add_argument("--threads", default="1", help="comma list of thread counts (default: 1)")
+    b.add_argument("--target", default="onnx,tflite", type=comma_list, help="comma list (default: onnx,tflite)")
+    b.add_argument("--precision", default="fp32,int8", type=comma_list, help="comma list (default: fp32,int8)")
+    b.add_argument("--device", default="host,pixel4", type=comma_list, help="comma list (default: host,pixel4)")
+    b.add_argument("--threads", default="1", type=comma_list, help="comma list of thread counts (default: 1)")
     b.add_argument("--images", help="labelled photos, one folder per class (default: the shipped CIFAR-10 sample)")
     b.add_argument("--calib", help="calibration photos for int8 (default: --images)")
     b.add_argument("-o", "--output", default="edgerep-bench", help="folder for artifacts and the report")

@@ -7,7 +7,7 @@ import json
 import time
 
 from ..errors import BadInputError
-from .common import renamed, status
+from .common import positive_float, renamed, status
 
 ORDER = 10
 
@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     renamed(d, "--layout", "--checkpoint-layout")
     d.add_argument("--images", help="folder of real photos for the check (default: the shipped CIFAR-10 sample)")
     d.add_argument("--no-images", action="store_true", help="check on random inputs only")
-    d.add_argument("--rtol", type=float, default=1e-5, help="tolerated relative error (default: 1e-5, fp32)")
+    d.add_argument("--rtol", type=positive_float, default=1e-5, help="tolerated relative error (default: 1e-5, fp32)")
     d.add_argument("--no-latency", action="store_true", help="skip the train-vs-deploy torch timing")
     d.add_argument(
         "--generic", action="store_true",

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import renamed, status
+from .common import positive_int, renamed, status
 
 ORDER = 30
 
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ref.add_argument("--reference", metavar="CKPT", help="fp32 PyTorch checkpoint to measure agreement against;"
                      " default: the checkpoint an artifact's manifest names")
     ref.add_argument("--no-reference", action="store_true", help="skip the agreement measurement")
-    e.add_argument("--batch-size", type=int, default=64, help="images per runtime call (fixed-batch artifacts loop)")
+    e.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per runtime call (fixed-batch artifacts loop)")
     e.add_argument("-o", "--output", metavar="RESULTS.json",
                    help="also write the results JSON here (for edgerep check)")
     e.add_argument("--sensitivity", action="store_true",

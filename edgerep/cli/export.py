@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import BadInputError, EdgerepError, VerificationError
-from .common import key_value, renamed, split_list, status
+from .common import comma_list, fraction, key_value, renamed, split_list, status
 
 ORDER = 20
 
@@ -37,8 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("model", nargs="?", help="zoo model name; default: the shipped demo model")
     e.add_argument("-c", "--checkpoint", help="train- or deploy-form checkpoint; default: the shipped demo checkpoint")
-    e.add_argument("--target", default=None, help="onnx, tflite, coreml, executorch, or all; comma-separated list allowed")
-    e.add_argument("--precision", default=None, help="fp32, fp16, int8, w8, palettize4/6/8 (per target); comma list")
+    e.add_argument("--target", default=None, type=comma_list,
+                   help="onnx, tflite, coreml, executorch, or all; comma-separated list allowed")
+    e.add_argument("--precision", default=None, type=comma_list,
+                   help="fp32, fp16, int8, w8, palettize4/6/8 (per target); comma list")
     e.add_argument("--images", help="photos for both roles below (a folder, one subfolder per class for accuracy)")
     e.add_argument("--calib", help="calibration photos for int8 (>= ~300 recommended; default: --images)")
     e.add_argument("--val", help="validation photos (default: --images, else the calibration photos)")
@@ -48,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--input-layout", choices=["nchw", "nhwc"],
                    help="tensor layout of the artifact's input (default: the target's; nhwc: TFLite only)")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="target option, e.g. opset=18")
-    e.add_argument("--min-agreement", type=float, help="int8 top-1 agreement floor (default: the target's)")
+    e.add_argument("--min-agreement", type=fraction, help="int8 top-1 agreement floor (default: the target's)")
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     renamed(e, "--output-dir", "--output")
     renamed(e, "--layout", "--checkpoint-layout")

@@ -7,7 +7,7 @@ import json
 from collections import Counter
 
 from ..errors import BadInputError
-from .common import split_list, status
+from .common import positive_int, split_list, status
 
 ORDER = 40
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cores", help="host only: pin to these cores, e.g. 0 or 0,1")
     p.add_argument("--layers", nargs="?", type=int, const=10, default=0, metavar="N",
                    help="show the N slowest layers (default 10 when given)")
-    p.add_argument("--rounds", type=int, default=7, help="host only: interleaved timing rounds (default 7)")
+    p.add_argument("--rounds", type=positive_int, default=7, help="host only: interleaved timing rounds (default 7)")
     p.add_argument("--identity", help="ssh only: private key file")
     p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
                    help="ssh only: extra ssh -o option, repeatable (e.g. UserKnownHostsFile=kh, ProxyJump=gw)")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import status
+from .common import fraction, positive_int, status
 
 ORDER = 25
 
@@ -39,9 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("artifact", help=".onnx or .tflite file (an edgerep export or any other)")
     v.add_argument("--arch", choices=["aarch64"], default="aarch64", help="architecture to emulate (default aarch64)")
     v.add_argument("--images", help="photo folder (default: the shipped photos; needs the artifact's manifest)")
-    v.add_argument("--random", type=int, metavar="N", help="use N seeded random inputs instead of photos")
-    v.add_argument("--limit", type=int, default=200, help="at most this many photos (emulation is slow; default 200)")
-    v.add_argument("--min-agreement", type=float, metavar="F",
+    v.add_argument("--random", type=positive_int, metavar="N", help="use N seeded random inputs instead of photos")
+    v.add_argument("--limit", type=positive_int, default=200,
+                   help="at most this many photos (emulation is slow; default 200)")
+    v.add_argument("--min-agreement", type=fraction, metavar="F",
                    help="fail (exit 1) when ARM and x86 agree on the top-1 class for less than this fraction")
     v.add_argument("--cache", help="where the aarch64 root is cached (default ~/.cache/edgerep)")
     v.add_argument("--json", action="store_true", help="print the comparison as JSON on stdout")
@@ -89,12 +90,10 @@ def _inputs(artifact: Path, args: argparse.Namespace):
     import numpy as np
 
     from .. import defaults
-    from ..export.manifest import manifest_path, read_manifest
-    from ..images import Preprocess, list_images, load_images
+    from ..export.manifest import manifest_path, manifest_preprocess, read_manifest
+    from ..images import list_images, load_images
 
     if args.random is not None:
-        if args.random < 1:
-            raise BadInputError(f"--random needs a positive count, got {args.random}")
         shape = _artifact_shape(artifact)
         x = np.random.default_rng(0).standard_normal((args.random, *shape)).astype(np.float32)
         return x, f"{args.random} random inputs (standard normal, seed 0)"
@@ -102,11 +101,9 @@ def _inputs(artifact: Path, args: argparse.Namespace):
     if not mpath.is_file():
         raise BadInputError(f"{artifact.name} has no manifest ({mpath.name}), so its preprocessing is unknown;"
                             " pass --random N to compare on random inputs")
-    pre = Preprocess.from_dict(read_manifest(mpath)["preprocess"])
+    pre = manifest_preprocess(read_manifest(mpath), mpath)
     folder = args.images or str(defaults.default_images_dir())
     items = list_images(folder)
-    if args.limit < 1:
-        raise BadInputError(f"--limit must be >= 1, got {args.limit}")
     files = items.files[:: max(1, -(-len(items.files) // args.limit))][: args.limit]  # spread over the classes
     batch = load_images(files, pre)
     return batch.images.numpy(), f"{len(files)} photos from {folder}"

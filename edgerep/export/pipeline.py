@@ -29,7 +29,7 @@ from ..backends import ExportRequest, backend_for
 from ..checkpoints import LoadInfo
 from ..errors import BadInputError, VerificationError
 from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
-from ..images import Batch, ImageSource, Preprocess, evenly_spaced, list_images, load_images
+from ..images import Batch, ImageList, ImageSource, Preprocess, evenly_spaced, list_images, load_images, match_classes
 from ..proof.numerics import closeness, output_error, top1_accuracy
 from ..reparam import count_blocks
 from .manifest import MANIFEST_VERSION, manifest_path, size_bytes, tool_versions
@@ -39,6 +39,7 @@ __all__ = ["ExportResult", "ExportWarning", "InputSetResult", "Validation", "exp
 
 RANDOM_INPUTS = 8
 Images = ImageSource | Tensor | Batch  # a folder / file list, preprocessed NCHW inputs, or decoded photos
+ModelLabels = tuple[list[str] | None, str]  # the model's labels (None: unrecorded) and its name, for messages
 
 
 class ExportWarning(UserWarning):
@@ -134,8 +135,8 @@ def export(
 
     calib, calib_labels = None, None
     if prec.calibration:
-        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes)
-    images = _images(validation, preprocess, "validation images")
+        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes, (labels, name))
+    images = _images(validation, preprocess, "validation images", (labels, name), notes)
     if images is None and calib is not None:
         images = (calib, f"{len(calib)} calibration images (no separate validation set given)", calib_labels)
 
@@ -233,7 +234,7 @@ def _compare(label: str, kind: str, ref: Tensor, out: Tensor) -> InputSetResult:
 
 
 def _calibration(
-    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str]
+    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str], model: ModelLabels
 ) -> tuple[Tensor, Tensor | None]:
     """Calibration images as a preprocessed tensor: required, at least the minimum, subsampled past the maximum."""
     if calibration is None:
@@ -248,7 +249,7 @@ def _calibration(
         items = calibration if isinstance(calibration, Batch) else list_images(calibration)
         keep = evenly_spaced(len(items.files), prec.max_calibration_images)
         files = [items.files[i] for i in keep]
-        labels = None if items.labels is None else torch.as_tensor([int(items.labels[i]) for i in keep])
+        labels = _truth(items, list(keep), calibration, model, notes)
         n = len(files)
     if n < prec.min_calibration_images:
         raise BadInputError(
@@ -272,14 +273,17 @@ def _calibration(
     return x.float(), labels
 
 
-def _images(source: Images | None, pre: Preprocess, what: str) -> tuple[Tensor, str, Tensor | None] | None:
-    """Validation images, their description, and their class labels when the folder has class subfolders."""
+def _images(
+    source: Images | None, pre: Preprocess, what: str, model: ModelLabels, notes: list[str]
+) -> tuple[Tensor, str, Tensor | None] | None:
+    """Validation images, their description, and their classes as model outputs when the folder has class subfolders."""
     if source is None:
         return None
     if isinstance(source, Tensor):
         return source.float(), f"{len(source)} {what}", None
     batch = source if isinstance(source, Batch) else load_images(source, pre)
-    return batch.images, f"{len(batch.images)} {what} from {_where(source, batch)}", batch.labels
+    truth = _truth(batch, list(range(len(batch.files))), source, model, notes)
+    return batch.images, f"{len(batch.images)} {what} from {_where(source, batch)}", truth
 
 
 def _where(source: Images, batch: Batch | None = None) -> str:
@@ -290,6 +294,30 @@ def _where(source: Images, batch: Batch | None = None) -> str:
         return "(tensor)"
     files = (batch or source).files if isinstance(batch or source, Batch) else list(source)
     return Path(os.path.commonpath(files)).name if files else "files"
+
+
+def _truth(
+    items: ImageList | Batch, keep: list[int], source: object, model: ModelLabels, notes: list[str]
+) -> Tensor | None:
+    """The class of each kept image as the model's output index: folder names matched to the model's labels by
+    name (as ``edgerep eval`` does), never by sorted position, unless the model records no labels.
+
+    Folders that all differ from the labels (e.g. ImageNet's n01440764/...) still calibrate and validate
+    agreement, without accuracy; some matching and some not is a mistake worth an error naming them.
+    """
+    labels, name = model
+    if items.labels is None:
+        return None
+    if items.classes is None:  # an .npz: its labels are output indices already
+        return torch.as_tensor(items.labels)[keep]
+    if not labels:
+        order = list(range(len(items.classes)))
+    elif not set(items.classes) & set(labels):
+        notes.append(f"class folders of {source} are not labels of {name}: top-1 accuracy not measured")
+        return None
+    else:
+        order = match_classes(items.classes, labels, source, name)
+    return torch.tensor([order[items.labels[i]] for i in keep])
 
 
 def _refuse_foreign(artifact: Path) -> None:
