@@ -10,6 +10,7 @@ from edgerep.proof.metrics import count_macs, count_nodes, count_params
 from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.proof.report import format_deploy_report
 from edgerep.proof.verify import verify_deploy
+from edgerep.reparam import reparameterize
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
 from edgerep.reparam.fuse import KernelBias
 
@@ -125,3 +126,17 @@ def test_a_fusion_bug_in_a_deep_model_still_fails_in_fp64(monkeypatch):
         deploy(_deep_offset_net(), name="deep", input_size=(3, 16, 16), latency=False)
     failed = [c for c in exc.value.report.checks if not c.passed]
     assert failed and all(c.rel_fp64 > 1e-9 for c in failed)
+
+
+def test_a_deploy_form_that_loses_precision_of_its_own_still_fails():
+    """fp64 agrees (the math is right) but the fp32 deploy module rounds its weights to bfloat16: not fp32 rounding."""
+    net = _deep_offset_net()
+    deployed = reparameterize(net)
+    with torch.no_grad():
+        for p in deployed.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    report = verify_deploy(net, deployed, name="deep", input_size=(3, 16, 16), blocks_fused={}, latency=False,
+                           refuse=reparameterize)
+    lossy = [c for c in report.checks if c.form == "deploy" and c.reference == "train form"]
+    assert all(c.rel_fp64 is not None and c.rel_fp64 < 1e-12 for c in lossy), "the math itself is exact"
+    assert all(c.rel > 10 * c.fp32_rounding for c in lossy) and not report.passed
