@@ -26,7 +26,7 @@ from typing import Mapping
 import torch
 from torch import Size, Tensor, nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BadInputError, CheckpointError
 from ..fileio import atomic_path
 from ..reparam import count_blocks, reparameterize

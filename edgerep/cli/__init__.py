@@ -14,7 +14,7 @@ import pkgutil
 import sys
 import warnings
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EdgerepError, VerificationError
 
 
