@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from .checkpoints import Checkpoint, LoadInfo, load_model, save_checkpoint
-from .errors import BadInputError, EdgerepError, VerificationError
-from .fileio import writable_file
+from .errors import BadInputError, EdgerepError, Interrupted, VerificationError
+from .fileio import removed_if_empty, writable_file
 from .images import Preprocess, list_images, load_images
 from .proof.verify import DEFAULT_RTOL, FP64_RTOL, DeployReport, verify_deploy
 from .reparam import count_blocks, reparameterize
@@ -224,16 +224,19 @@ def export_checkpoint(
         model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
     labels = ck.labels
     rows = []
-    for t, p in plan:
-        if progress:
-            progress(f"exporting {name} -> {t} {p}")
-        try:
-            result = export(
-                model, name=name, target=t, precision=p, input_size=(3, *pre.size), output_dir=output_dir,
-                preprocess=pre, calibration=calibration, validation=validation, labels=labels, source=info,
-                options=options, tolerance=tolerance, progress=progress,
-            )
-        except (VerificationError, UnsupportedLayerError) as exc:  # the other targets may still work
-            result = exc
-        rows.append((t, p, result))
+    with removed_if_empty(output_dir):  # a run that kept nothing leaves no empty folder behind
+        for t, p in plan:
+            if progress:
+                progress(f"exporting {name} -> {t} {p}")
+            try:
+                result = export(
+                    model, name=name, target=t, precision=p, input_size=(3, *pre.size), output_dir=output_dir,
+                    preprocess=pre, calibration=calibration, validation=validation, labels=labels, source=info,
+                    options=options, tolerance=tolerance, progress=progress,
+                )
+            except (VerificationError, UnsupportedLayerError) as exc:  # the other targets may still work
+                result = exc
+            except KeyboardInterrupt:  # the artifacts finished before Ctrl-C are complete and validated: say so
+                raise Interrupted([str(r.artifact) for _, _, r in rows if not isinstance(r, EdgerepError)]) from None
+            rows.append((t, p, result))
     return rows, info

@@ -15,7 +15,7 @@ import sys
 import warnings
 
 from .. import __version__
-from ..errors import EdgerepError, VerificationError
+from ..errors import EdgerepError, Interrupted, VerificationError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgerepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:  # every command writes through temporary paths: nothing is left half-written
-        print("error: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # every command writes through temporary paths: nothing is left half-written
+        kept = str(exc) if isinstance(exc, Interrupted) else "nothing was written"
+        print(f"error: interrupted; {kept}", file=sys.stderr)
         return 2
 
 
