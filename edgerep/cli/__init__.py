@@ -15,6 +15,7 @@ import sys
 import warnings
 
 from .. import __version__
+from ..console import set_verbose
 from ..errors import EdgerepError, Interrupted, VerificationError
 
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    set_verbose(args.verbose)
     try:
         return args.func(args)
     except VerificationError as exc:
@@ -65,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
     for module in sorted(_command_modules(), key=lambda m: m.ORDER):
         module.register(sub)
+    for command in sub.choices.values():  # every command: converters' own logs only on request (or on failure)
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show the converters' and runtimes' own log output (hidden unless a step fails)")
     return p
 
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
+from ..console import status
 from ..errors import BadInputError
 
-
-def status(msg: str) -> None:
-    """Progress line on stderr, so stdout stays clean for ``--json``."""
-    print(msg + " ...", file=sys.stderr, flush=True)
+__all__ = ["comma_list", "fraction", "key_value", "positive_float", "positive_int", "split_list", "status"]
 
 
 def split_list(value: str) -> list[str]:
