@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 from torch import Tensor, nn
 
 from .checkpoints import Checkpoint, LoadInfo, load_model, save_checkpoint
-from .errors import BadInputError, EdgerepError, VerificationError
-from .fileio import writable_file
+from .console import progress_bar
+from .errors import BadInputError, EdgerepError, Interrupted, VerificationError
+from .fileio import removed_if_empty, writable_file
 from .images import Batch, ImageList, Preprocess, evenly_spaced, list_images, load_images
 from .proof.verify import DEFAULT_RTOL, FP64_RTOL, DeployReport, verify_deploy
 from .reparam import count_blocks, reparameterize
@@ -224,46 +225,52 @@ def export_checkpoint(
         if progress:
             progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
         model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
-    calib, val = _decode_photos(calibration, validation, pre, precisions)
+    calib, val = _decode_photos(calibration, validation, pre, precisions, bars=progress is not None)
     rows = []
-    for t, p in plan:
-        if progress:
-            progress(f"exporting {name} -> {t} {p}")
-        try:
-            result = export(
-                model, name=name, target=t, precision=p, input_size=(3, *pre.size), output_dir=output_dir,
-                preprocess=pre, calibration=calib, validation=val, labels=ck.labels, source=info,
-                options=options, input_layout=input_layout, tolerance=tolerance, progress=progress,
-            )
-        except (VerificationError, UnsupportedLayerError) as exc:  # the other targets may still work
-            result = exc
-        rows.append((t, p, result))
+    with removed_if_empty(output_dir):  # a run that kept nothing leaves no empty folder behind
+        for t, p in plan:
+            if progress:
+                progress(f"exporting {name} -> {t} {p}")
+            try:
+                result = export(
+                    model, name=name, target=t, precision=p, input_size=(3, *pre.size), output_dir=output_dir,
+                    preprocess=pre, calibration=calib, validation=val, labels=ck.labels, source=info,
+                    options=options, input_layout=input_layout, tolerance=tolerance, progress=progress,
+                )
+            except (VerificationError, UnsupportedLayerError) as exc:  # the other targets may still work
+                result = exc
+            except KeyboardInterrupt:  # the artifacts finished before Ctrl-C are complete and validated: say so
+                raise Interrupted([str(r.artifact) for _, _, r in rows if not isinstance(r, EdgerepError)]) from None
+            rows.append((t, p, result))
     return rows, info
 
 
-def _decode_photos(calibration, validation, pre: Preprocess, precisions: list) -> tuple[Batch | None, Batch | None]:
+def _decode_photos(
+    calibration, validation, pre: Preprocess, precisions: list, bars: bool = False
+) -> tuple[Batch | None, Batch | None]:
     """Calibration and validation photos decoded once for every artifact (the same folder only once).
 
     Calibration is needed only by quantized precisions; past the largest per-target maximum it is subsampled
     evenly before decoding. ``.npz`` files are read as they are.
     """
-    def decode(source, limit: int = 0) -> tuple[Batch, bool]:
+    def decode(source, limit: int, what: str) -> tuple[Batch, bool]:
         """The photos (at most ``limit``, 0 = all) and whether that is all of them."""
+        bar = progress_bar(what) if bars else None
         if Path(source).suffix.lower() == ".npz":
-            return load_images(source, pre), True
+            return load_images(source, pre, progress=bar), True
         items = list_images(source)
         keep = evenly_spaced(len(items.files), limit)
         labels = None if items.labels is None else [items.labels[i] for i in keep]
-        batch = load_images(ImageList([items.files[i] for i in keep], labels, items.classes), pre)
+        batch = load_images(ImageList([items.files[i] for i in keep], labels, items.classes), pre, progress=bar)
         return batch, len(keep) == len(items.files)
 
     quantized = [p for p in precisions if p.calibration]
     calib, complete = None, False
     if calibration is not None and quantized:
         limits = [p.max_calibration_images for p in quantized]
-        calib, complete = decode(calibration, 0 if 0 in limits else max(limits))
+        calib, complete = decode(calibration, 0 if 0 in limits else max(limits), "calibration images")
     if validation is None:
         return calib, None
     if complete and validation == calibration:
         return calib, calib
-    return calib, decode(validation)[0]
+    return calib, decode(validation, 0, "validation images")[0]

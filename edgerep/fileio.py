@@ -85,6 +85,22 @@ def writable_dir(path: Path | str) -> tuple[Path, bool]:
     return p, created
 
 
+@contextmanager
+def removed_if_empty(path: Path | str) -> Iterator[Path]:
+    """Around a run that may create the output folder ``path``: if the run created it (and missing parents) and
+    left it empty (refused, failed, interrupted), remove what it created, so no empty ``-o`` folder is left."""
+    p = Path(path)
+    created = [a for a in (p, *p.parents) if not a.exists()]  # leaf first
+    try:
+        yield p
+    finally:
+        for folder in created:
+            try:
+                folder.rmdir()  # only ever removes an empty folder
+            except OSError:
+                break
+
+
 def remove_stale_staging(folder: Path, older_than_s: float = 3600.0) -> None:
     """Remove staging leftovers of killed runs (SIGKILL skips every ``finally``) that are older than an hour."""
     now = time.time()

@@ -20,7 +20,8 @@ def data_folder(name: str, pattern: str = "*.toml") -> Path:
     for root in candidates:
         if root.is_dir() and any(root.glob(pattern)):
             return root
-    raise BadInputError(f"edgerep's {name} files are missing (looked in {', '.join(map(str, candidates))}); reinstall edgerep")
+    looked = ", ".join(map(str, candidates))
+    raise BadInputError(f"edgerep's {name} files are missing (looked in {looked}); reinstall edgerep")
 
 
 def shipped_file(rel: str) -> Path:

@@ -42,7 +42,8 @@ class Checkpoint:
         try:
             data = p.read_bytes()
         except OSError as exc:
-            raise CheckpointError(f"cannot read checkpoint {p} ({exc.strerror or exc}); check its permissions") from None
+            why = exc.strerror or exc
+            raise CheckpointError(f"cannot read checkpoint {p} ({why}); check its permissions") from None
         return cls(p, load_bytes(data, p), hashlib.sha256(data).hexdigest())
 
     @property
@@ -90,7 +91,8 @@ class Checkpoint:
         if not isinstance(x, Tensor):
             return []
         pairs = (("output_train", "source train output"), ("output_deploy", "source deploy output"))
-        return [(label, x.float(), self.obj[key].float()) for key, label in pairs if isinstance(self.obj.get(key), Tensor)]
+        found = [(key, label) for key, label in pairs if isinstance(self.obj.get(key), Tensor)]
+        return [(label, x.float(), self.obj[key].float()) for key, label in found]
 
 
 def load_state_dict(path: str | Path) -> dict[str, Tensor]:

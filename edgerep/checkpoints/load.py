@@ -18,6 +18,7 @@ No timestamp is stored: the same weights give the same bytes, hence the same sha
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -80,6 +81,7 @@ def load_model(
     where = where or (str(path) if path is not None else "<dict>")
 
     sd = extract_state_dict(obj, where)  # first, so that a file without weights is named in the error
+    _refuse_non_finite(sd, where)
     found = detect_layout(obj, spec.family)
     chosen = _choose_layout(layout, found, sd, where, spec.family)
     renamed, origin = get_layout(chosen, spec.family).rename(sd)
@@ -102,11 +104,18 @@ def load_model(
         first_miss = first_miss or (found_form, expected, problems)
     else:
         miss_form, expected, problems = first_miss
-        for other in FORMS:  # a form asked for (or named by the meta) that contradicts the weights
+        for other in FORMS:  # a form asked for that contradicts the weights
             if other not in forms and not _mismatch(_state_shapes(_build(name, num_classes, other)), renamed):
                 raise _form_error(where, other, f"its keys fit the {other}-form {name}")
         raise CheckpointError(
             _describe(where, name, chosen, miss_form, problems, expected, origin, renamed, num_classes)
+        )
+    said = meta.get("form") if meta is not None else None
+    if said is not None and said != found_form:  # the weights are the truth; deploy and export both say so
+        warnings.warn(
+            f"checkpoint {where}: its meta says form {said!r} but its weights are the {found_form} form; loaded as"
+            f" {found_form} (re-save the file to correct its meta)",
+            stacklevel=2,
         )
     full = model.state_dict()
     full.update(renamed)  # keeps the model's own num_batches_tracked when the checkpoint has none
@@ -178,13 +187,14 @@ def _choose_layout(asked: str | None, found: str, sd: Mapping[str, Tensor], wher
 def _candidate_forms(
     renamed: dict[str, Tensor], origin: dict[str, str], meta: dict | None, asked: str | None, where: str
 ) -> list[str]:
-    """The forms to try, best guess first; raises when the asked form contradicts the checkpoint."""
-    if meta is not None:
-        found, why = str(meta.get("form", "train")), "its edgerep meta says so"
-    else:
-        found, key = form_evidence(list(renamed))
-        kind = "training-branch" if found == "train" else "fused"
-        why = f"has {kind} keys such as {origin.get(key, key)}"
+    """The forms to try, best guess first; raises when the asked form contradicts the checkpoint's keys.
+
+    The keys decide; an edgerep meta's ``form`` is only the first guess when they carry no marker (a wrong meta,
+    e.g. edited by hand, must not make ``deploy`` say "use export" while ``export`` says "run deploy").
+    """
+    found, key = form_evidence(list(renamed))
+    kind = "training-branch" if found == "train" else "fused"
+    why = f"has {kind} keys such as {origin.get(key, key)}"
     if found == "mixed":
         raise CheckpointError(
             f"checkpoint {where} is half converted ({why} and training-branch keys too);"
@@ -194,7 +204,10 @@ def _candidate_forms(
         raise _form_error(where, found, why)
     if asked is not None:
         return [asked]
-    return [found] if found is not None else list(FORMS)
+    if found is not None:
+        return [found]
+    hint = meta.get("form") if meta is not None else None
+    return sorted(FORMS, key=lambda f: f != hint)
 
 
 def _form_error(where: str, found: str, why: str) -> CheckpointError:
@@ -207,6 +220,17 @@ def _form_error(where: str, found: str, why: str) -> CheckpointError:
         f"checkpoint {where} is in train form ({why}): it is not fused yet; run `edgerep deploy` on it first"
         " (or load_model(..., form='train'))"
     )
+
+
+def _refuse_non_finite(sd: Mapping[str, Tensor], where: str) -> None:
+    """A NaN/Inf weight (a diverged run, a damaged file) is named here, not reported later as a fusion mismatch."""
+    for key, t in sd.items():
+        if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(
+                f"checkpoint {where}: tensor {key} holds {bad} NaN/Inf value(s) of {t.numel()}; the training run"
+                " diverged or the file is damaged: use an earlier or intact checkpoint"
+            )
 
 
 def _skeleton(name: str, num_classes: int | None = None, form: str = "train") -> nn.Module:

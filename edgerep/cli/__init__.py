@@ -15,7 +15,8 @@ import sys
 import warnings
 
 from .._version import __version__
-from ..errors import EdgerepError, VerificationError
+from ..console import set_verbose
+from ..errors import EdgerepError, Interrupted, VerificationError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    set_verbose(args.verbose)
     try:
         return args.func(args)
     except VerificationError as exc:
@@ -42,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgerepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:  # every command writes through temporary paths: nothing is left half-written
-        print("error: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # every command writes through temporary paths: nothing is left half-written
+        kept = str(exc) if isinstance(exc, Interrupted) else "nothing was written"
+        print(f"error: interrupted; {kept}", file=sys.stderr)
         return 2
 
 
@@ -64,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
     for module in sorted(_command_modules(), key=lambda m: m.ORDER):
         module.register(sub)
+    for command in sub.choices.values():  # every command: converters' own logs only on request (or on failure)
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show the converters' and runtimes' own log output (hidden unless a step fails)")
     return p
 
 

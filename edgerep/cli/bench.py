@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..errors import BadInputError
 from .common import comma_list, renamed, split_list, status
@@ -55,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
     from ..export.targets import get_target
-    from ..fileio import write_text
+    from ..fileio import removed_if_empty, writable_dir, write_text
     from ..tradeoff.run import run_bench
     from ..tradeoff.table import terminal_table, to_csv, to_json, to_markdown
 
@@ -66,25 +65,25 @@ def run(args: argparse.Namespace) -> int:
     devices = split_list(args.device)
     threads = _threads(args.threads)
     _check_devices(devices)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = run_bench(
-        models, plan, devices, threads, output_dir=out, images=args.images or defaults.default_images_dir(),
-        calibration=args.calib, progress=status,
-    )
-    for suffix, text in ((".md", to_markdown(rows)), (".csv", to_csv(rows)), (".json", to_json(rows))):
-        write_text(out / f"tradeoff{suffix}", text)
-    written = [f"tradeoff{s}" for s in (".md", ".csv", ".json")]
-    if not args.no_plot:
-        from ..tradeoff.plot import plot_tradeoff
+    with removed_if_empty(args.output) as out:  # a refused or failed run leaves no empty folder
+        writable_dir(out)
+        rows = run_bench(
+            models, plan, devices, threads, output_dir=out, images=args.images or defaults.default_images_dir(),
+            calibration=args.calib, progress=status,
+        )
+        for suffix, text in ((".md", to_markdown(rows)), (".csv", to_csv(rows)), (".json", to_json(rows))):
+            write_text(out / f"tradeoff{suffix}", text)
+        written = [f"tradeoff{s}" for s in (".md", ".csv", ".json")]
+        if not args.no_plot:
+            from ..tradeoff.plot import plot_tradeoff
 
-        plot_tradeoff(rows, out / "tradeoff.png")
-        written.append("tradeoff.png")
-    if args.json:
-        print(to_json(rows), end="")
-    else:
-        print(terminal_table(rows))
-        print(f"wrote {', '.join(written)} in {out}/ (latency kind: measured here / on a device, or predicted)")
+            plot_tradeoff(rows, out / "tradeoff.png")
+            written.append("tradeoff.png")
+        if args.json:
+            print(to_json(rows), end="")
+        else:
+            print(terminal_table(rows))
+            print(f"wrote {', '.join(written)} in {out}/ (latency kind: measured here / on a device, or predicted)")
     return 0
 
 

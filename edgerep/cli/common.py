@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 
+from ..console import status, stream
 from ..errors import BadInputError
 
-
-def status(msg: str) -> None:
-    """Progress line on stderr, so stdout stays clean for ``--json``."""
-    print(msg + " ...", file=sys.stderr, flush=True)
+__all__ = ["comma_list", "fraction", "key_value", "positive_float", "positive_int", "renamed", "split_list", "status"]
 
 
 def split_list(value: str) -> list[str]:
@@ -38,7 +35,7 @@ class _Renamed(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         print(f"warning: {option_string} is renamed {self.new}; the old spelling goes in the next release",
-              file=sys.stderr)
+              file=stream())
         setattr(namespace, self.dest, values)
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadInputError
@@ -82,6 +80,7 @@ def _sensitivity(args: argparse.Namespace, paths: list[Path], default_images: Pa
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
     from ..accuracy.evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
+    from ..console import captured, progress_bar
     from ..fileio import writable_file, write_json
 
     data = open_data(args.images or defaults.default_images_dir())  # bad data fails before any model is loaded
@@ -94,15 +93,17 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda _msg: None) if args.json else status
     results = []
     for path in paths:
-        subject = open_subject(path, args.model)
+        with captured(f"loading {path.name}"):  # runtimes' load logs stay hidden unless --verbose or it fails
+            subject = open_subject(path, args.model)
         reference = fixed_ref
         if reference is None and not args.no_reference and subject.source is not None:
             if subject.source not in refs:
                 refs[subject.source] = open_reference(subject.source, subject.model)
             reference = refs[subject.source]
         say(f"evaluating {path.name} ({subject.target} {subject.precision}) on {data.count} images")
-        results.append(evaluate(subject, data, reference=reference, batch_size=args.batch_size,
-                                progress=None if args.json else _progress()))
+        with captured(f"evaluating {path.name}"):
+            results.append(evaluate(subject, data, reference=reference, batch_size=args.batch_size,
+                                    progress=None if args.json else progress_bar(path.name)))
     doc = results_document(results, data)
     if output is not None:
         write_json(output, doc)
@@ -161,16 +162,6 @@ def format_results(results: list, data: str) -> str:
     return "\n".join(lines)
 
 
-def _progress() -> Callable[[int, int], None] | None:
-    """A live ``done/total`` counter on a terminal's stderr; CI logs get only the per-artifact status lines."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        print(f"\r  {done}/{total} images", end=end, file=sys.stderr, flush=True)
-
-    return show
 
 
 def _pct(x: float | None) -> str:

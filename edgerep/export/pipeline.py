@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..backends import ExportRequest, backend_for
 from ..checkpoints import LoadInfo
+from ..console import captured, progress_bar
 from ..errors import BadInputError, VerificationError
 from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
 from ..images import Batch, ImageList, ImageSource, Preprocess, evenly_spaced, list_images, load_images, match_classes
@@ -117,6 +118,7 @@ def export(
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
+    bars = progress is not None  # a progress bar per image set, when the caller shows progress at all
     tgt = get_target(target)
     prec = tgt.precision(precision)
     opts = tgt.resolve_options(options)
@@ -128,15 +130,16 @@ def export(
             f"{name} still has {count_blocks(model)} re-param blocks in the train form; deploy it first"
             " (edgerep deploy, or edgerep.deploy()) so the artifact holds the fused graph"
         )
-    backend = backend_for(tgt)  # a missing optional dependency fails here, before any work
+    with captured(f"loading the {tgt.name} converter"):  # their import logs (absl, torchao .so loads) stay hidden
+        backend = backend_for(tgt)  # a missing optional dependency fails here, before any work
     out_dir, _ = writable_dir(output_dir)
     remove_stale_staging(out_dir)
     notes: list[str] = []
 
     calib, calib_labels = None, None
     if prec.calibration:
-        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes, (labels, name))
-    images = _images(validation, preprocess, "validation images", (labels, name), notes)
+        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes, (labels, name), bars)
+    images = _images(validation, preprocess, "validation images", (labels, name), notes, bars)
     if images is None and calib is not None:
         images = (calib, f"{len(calib)} calibration images (no separate validation set given)", calib_labels)
 
@@ -149,9 +152,11 @@ def export(
     try:
         staged = tmp / artifact.name
         say(f"exporting {name} to {tgt.name} {prec.name}")
-        info = backend.export(model, request, staged)
+        with captured(f"the {tgt.name} converter"):
+            info = backend.export(model, request, staged)
         say(f"validating {staged.name}")
-        check = _validate(backend, staged, model, images, shape, tol)
+        with captured(f"the {tgt.name} runtime"):
+            check = _validate(backend, staged, model, images, shape, tol)
         if not check.passed:
             raise VerificationError(
                 f"{name} {tgt.name} {prec.name}: the artifact does not match the PyTorch model: "
@@ -234,7 +239,7 @@ def _compare(label: str, kind: str, ref: Tensor, out: Tensor) -> InputSetResult:
 
 
 def _calibration(
-    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str], model: ModelLabels
+    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str], model: ModelLabels, bars: bool
 ) -> tuple[Tensor, Tensor | None]:
     """Calibration images as a preprocessed tensor: required, at least the minimum, subsampled past the maximum."""
     if calibration is None:
@@ -269,19 +274,20 @@ def _calibration(
     elif isinstance(calibration, Batch):
         x = calibration.images[list(keep)]
     else:
-        x = load_images(files, pre).images
+        x = load_images(files, pre, progress=progress_bar("calibration images") if bars else None).images
     return x.float(), labels
 
 
 def _images(
-    source: Images | None, pre: Preprocess, what: str, model: ModelLabels, notes: list[str]
+    source: Images | None, pre: Preprocess, what: str, model: ModelLabels, notes: list[str], bars: bool = False
 ) -> tuple[Tensor, str, Tensor | None] | None:
     """Validation images, their description, and their classes as model outputs when the folder has class subfolders."""
     if source is None:
         return None
     if isinstance(source, Tensor):
         return source.float(), f"{len(source)} {what}", None
-    batch = source if isinstance(source, Batch) else load_images(source, pre)
+    bar = progress_bar(what) if bars else None
+    batch = source if isinstance(source, Batch) else load_images(source, pre, progress=bar)
     truth = _truth(batch, list(range(len(batch.files))), source, model, notes)
     return batch.images, f"{len(batch.images)} {what} from {_where(source, batch)}", truth
 

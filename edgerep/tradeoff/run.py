@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..console import captured
 from ..errors import BadInputError, EdgerepError
 from .latency import Latency, latency
 from .table import TradeoffRow, fill_speedups, mark_pareto
@@ -88,7 +89,8 @@ def _rows(model, target, precision, result, devices, threads, note, say) -> list
         for n in threads:
             say(f"timing {result.artifact.name} on {device} with {n} thread{'s' * (n > 1)}")
             try:
-                lat = latency(result.artifact, device, n, precision)
+                with captured(f"timing {result.artifact.name}"):  # runtime logs only with --verbose or on failure
+                    lat = latency(result.artifact, device, n, precision)
                 status = note or "ok"
             except BadInputError as exc:  # unreachable device, runtime refusing the file: keep the row, marked
                 lat, status = None, f"latency failed: {exc}"
