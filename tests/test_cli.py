@@ -169,3 +169,20 @@ def test_export_prints_a_status_table_and_exit_codes(capsys, tmp_path):
                             "--calib", str(defaults.default_images_dir()), "--min-agreement", "1", "-o", str(tmp_path / "f"))
     assert code == 1 and "FAILED" in stdout and "error: onnx int8" in err
     assert not list((tmp_path / "f").glob("*.onnx"))
+
+
+def test_old_option_spellings_still_work_with_a_warning(capsys, tmp_path):
+    """Renamed options (one vocabulary) keep their old spelling for a release: same effect, same checks, a warning."""
+    code, _, err = run(capsys, "eval", "--data", str(tmp_path / "missing"))
+    assert code == 2 and "--data is renamed --images" in err and "missing" in err
+    code, _, err = run(capsys, "bench", "--devices", ",")
+    assert code == 2 and "names nothing" in err
+    assert "--data" not in main_help(capsys, "eval") and "--images" in main_help(capsys, "eval")
+
+
+def main_help(capsys, command: str) -> str:
+    try:
+        main([command, "--help"])
+    except SystemExit:  # argparse exits after printing help
+        pass
+    return capsys.readouterr().out

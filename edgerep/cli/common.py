@@ -41,8 +41,8 @@ class _Renamed(argparse.Action):
 
 def renamed(parser: argparse.ArgumentParser, old: str, new: str) -> None:
     """Accept ``old`` as a hidden alias of the option ``new`` (already added to ``parser``)."""
-    dest = next(a.dest for a in parser._actions if new in a.option_strings)
-    parser.add_argument(old, dest=dest, action=_Renamed, new=new)
+    target = next(a for a in parser._actions if new in a.option_strings)
+    parser.add_argument(old, dest=target.dest, action=_Renamed, new=new, type=target.type, choices=target.choices)
 
 
 def _number(text: str) -> float:
