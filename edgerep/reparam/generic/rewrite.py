@@ -12,16 +12,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
+from .aten import CONV_OPS
 from .form import Form
 from .ops import Classifier, Linear, Opaque, Sum
 from .trace import Constants
 
-__all__ = ["Branch", "Refusal", "find_chains", "rewrite_chain"]
+__all__ = ["Branch", "GrowsGraph", "Refusal", "count_convs", "find_chains", "is_conv", "rewrite_chain", "where"]
 
 _CALLS = ("call_function", "call_method", "call_module")
 _WALK_LIMIT = 64
+
+
+class GrowsGraph(ValueError):
+    """The merge would leave more convolutions than the source: it is not done."""
+
+
+def is_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """A 2-d convolution node, whichever way the graph writes it (module, functional, ATen)."""
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.Conv2d)
+    if node.op == "call_function":
+        return node.target in (F.conv2d, torch.conv2d) or node.target in CONV_OPS
+    return False
+
+
+def count_convs(gm: fx.GraphModule) -> int:
+    """Convolution nodes in the graph (a module called twice counts twice: that is what runs)."""
+    return sum(1 for n in gm.graph.nodes if is_conv(gm, n))
+
+
+def where(node: fx.Node) -> str:
+    """A node as a user finds it: the module path it came from and the op (``stages.1.bn (aten.batch_norm)``)."""
+    stack = node.meta.get("nn_module_stack")
+    path = list(stack.values())[-1][0] if stack else (node.target if node.op == "call_module" else "")
+    op = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        op = str(node.target)
+    return f"{path or '<model>'} ({op}, node {node.name})"
 
 
 @dataclass
@@ -68,7 +99,7 @@ class _Walk:
         An op that is not exact even on its plain input only records why: it is a refusal only if it
         sits inside a branch set, which the sum below finds (``_diagnose``).
         """
-        base = self.view(op.input)
+        base = Branch(op.input, self.identity(op.input), []) if op.fanout else self.view(op.input)
         try:
             self._extend(node, base, op)
         except ValueError as exc:  # NotExact, or fuse.py refusing shapes it cannot combine
@@ -92,10 +123,11 @@ class _Walk:
             self._diagnose(node, [v for v, _ in views])
             return
         try:
-            form = Form.add([v.form if s > 0 else v.form.negate() for v, s in views])
+            forms = [v.form if s > 0 else v.form.negate() for v, s in views]
+            form = Form.concat(forms) if op.concat else Form.add(forms)
         except ValueError as exc:
             ends = ", ".join(v.members[-1].name if v.members else v.src.name for v, _ in views)
-            self.refusals.append(Refusal(node.name, f"branches ({ends}) from {views[0][0].src.name}: {exc}"))
+            self.refusals.append(Refusal(where(node), f"branches ({ends}) from {views[0][0].src.name}: {exc}"))
             return
         members = list(dict.fromkeys(m for v, _ in views for m in v.members))
         self.val[node] = Branch(views[0][0].src, form, members + [node], 1 + sum(v.sets for v, _ in views))
@@ -112,7 +144,7 @@ class _Walk:
                 obstacle = self._meets(v.src, w.src)
                 if obstacle is not None:
                     self.refusals.append(
-                        Refusal(node.name, f"its branches from {w.src.name} do not stay linear: {obstacle}")
+                        Refusal(where(node), f"its branches from {w.src.name} do not stay linear: {obstacle}")
                     )
                     return
 
@@ -140,9 +172,11 @@ class _Walk:
         return f"{node.name} is not linear"
 
 
-def find_chains(gm: fx.GraphModule, consts: Constants) -> tuple[list[tuple[fx.Node, Branch]], list[Refusal]]:
-    """Every chain end (node, branch) in graph order, and the refused branch sets."""
-    walk = _Walk(Classifier(gm, consts))
+def find_chains(
+    gm: fx.GraphModule, consts: Constants, classifier: type[Classifier] = Classifier
+) -> tuple[list[tuple[fx.Node, Branch]], list[Refusal]]:
+    """Every chain end (node, branch) in graph order, and the refused branch sets (and batch-statistics BNs)."""
+    walk = _Walk(classifier(gm, consts))
     for node in gm.graph.nodes:
         if node.op not in _CALLS or consts.is_const(node) or walk.ndim(node) != 4:
             continue
@@ -153,6 +187,8 @@ def find_chains(gm: fx.GraphModule, consts: Constants) -> tuple[list[tuple[fx.No
             walk.sum(node, op)
         elif isinstance(op, Opaque):
             walk.stops[node] = f"{op.reason} (not exact)" if op.inexact else op.reason
+            if op.report:
+                walk.refusals.append(Refusal(where(node), op.reason))
     ends = [(n, b) for n, b in walk.val.items() if n not in walk.absorbed]
     return ends, walk.refusals
 
@@ -170,6 +206,8 @@ def rewrite_chain(gm: fx.GraphModule, end: fx.Node, branch: Branch, src: fx.Node
     added = 2 if isinstance(module, nn.Sequential) else 1
     if removed <= added:
         return None
+    if not any(is_conv(gm, n) for n in dead):
+        raise GrowsGraph("merging would add a convolution where the source has none")
     name = _free_name(gm, _common_prefix(dead))
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(end):
