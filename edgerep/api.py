@@ -24,7 +24,8 @@ from .zoo import get_spec
 if TYPE_CHECKING:
     from .export import ExportResult
 
-__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "export_checkpoint", "load_model", "preprocess_of"]
+__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "deploy_program", "export_checkpoint", "load_model",
+           "preprocess_of"]
 
 
 def deploy(
@@ -83,6 +84,7 @@ class DeployResult:
     report: DeployReport
     source: LoadInfo
     output: Path | None = None
+    model_input: Tensor | None = None  # a ``.pt2`` program's example input (its shape is the artifact's)
 
 
 def _msgc_dynamic(model: nn.Module, blocks: dict[str, int]) -> nn.Module:
@@ -119,6 +121,9 @@ def deploy_checkpoint(
     too. Nothing is written unless every check passes; the file appears atomically. ``generic``: see
     ``deploy``; it only verifies (its traced deploy form is not a zoo architecture a checkpoint can load into).
     """
+    if is_program(checkpoint):
+        return deploy_program(checkpoint, output=output, rtol=rtol, images=images, n_images=n_images,
+                              latency=latency)
     if generic and output is not None:
         raise BadInputError(
             "--generic only verifies: its deploy form is a traced graph, not a zoo architecture a checkpoint "
@@ -157,6 +162,68 @@ def deploy_checkpoint(
         extra.update(source_sha256=info.sha256, source_layout=info.layout, worst_rel=report.worst_rel)
         out = save_checkpoint(output, deployed, model=name, form="deploy", num_classes=info.num_classes, extra=extra)
     return DeployResult(deployed, report, info, out)
+
+
+def is_program(path: str | Path | None) -> bool:
+    """A ``torch.export.save``'d program (``.pt2``): any architecture, read without importing its code."""
+    return path is not None and str(path).lower().endswith(".pt2")
+
+
+def program_preprocess(example: Tensor) -> Preprocess:
+    """A program records its input shape only: ImageNet normalisation, no crop margin (the input as it is)."""
+    from .zoo.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    return Preprocess.for_input(tuple(example.shape[1:]), IMAGENET_MEAN, IMAGENET_STD, 1.0)
+
+
+def deploy_program(
+    path: str | Path,
+    *,
+    output: str | Path | None = None,
+    rtol: float = DEFAULT_RTOL,
+    images: str | Path | None = None,
+    n_images: int = 8,
+    latency: bool = True,
+) -> DeployResult:
+    """A ``.pt2`` program re-parameterized by the generic (ATen) pass and verified against the program itself.
+
+    The program is read by ``edgerep.checkpoints.pt2.read_program`` (no code from the file runs). ``output``
+    (a ``.pt2``) receives the deploy form, exported again, written atomically after every check passed.
+    """
+    import torch
+
+    from .checkpoints.pt2 import program_example, read_program
+    from .reparam.generic.aten import export_program, program_module
+
+    if output is not None:
+        if not is_program(output):
+            raise BadInputError(f"output {output}: a program's deploy form is written as a .pt2 file; use -o NAME.pt2")
+        _check_writable(Path(output))
+    ep = read_program(path)
+    example = program_example(ep, path)
+    source = program_module(ep)
+    if images is not None and example.shape[1] != 3:
+        images = None  # photos are RGB; a program of another channel count is checked on random inputs only
+    photos, label = (None, "")
+    pre = program_preprocess(example)
+    if images is not None:
+        photos, label = _sample_images(images, pre, n_images)
+    name = Path(path).stem
+    deployed, report = deploy(source, name=name, input_size=tuple(example.shape[1:]), rtol=rtol, images=photos,
+                              images_label=label, latency=latency, generic=True)
+    with torch.no_grad():
+        classes = int(source(example).shape[-1])
+    info = LoadInfo(Path(path), sha256_file(path), "pt2", "train", classes, name)
+    out = None
+    if output is not None:
+        out = Path(output)
+        tmp = out.with_name(f".{out.stem}.tmp.pt2")
+        try:
+            torch.export.save(export_program(deployed, example), str(tmp))
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return DeployResult(deployed, report, info, out, example)
 
 
 # What a deploy checkpoint keeps from its train-form source: what export and eval need later.
@@ -245,16 +312,23 @@ def export_checkpoint(
         tgt = get_target(t)
         tgt.precision(p)
         tgt.resolve_options(options)
-    obj = read_checkpoint(checkpoint)
-    name = name or model_name_of(obj, checkpoint)
-    model, info = load_model(name, obj, layout=layout, where=str(checkpoint))
-    info = replace(info, path=Path(checkpoint), sha256=sha256_file(checkpoint))
-    pre = preprocess_of(name, obj)
-    if info.form == "train":
+    if is_program(checkpoint):
         if progress:
-            progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
-        model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
-    labels = checkpoint_meta(obj).get("labels")
+            progress(f"re-parameterizing the program {checkpoint} (generic pass) and verifying it")
+        result = deploy_program(checkpoint, latency=False)
+        model, info, pre, labels = result.model, result.source, program_preprocess(result.model_input), None
+        name = info.model
+    else:
+        obj = read_checkpoint(checkpoint)
+        name = name or model_name_of(obj, checkpoint)
+        model, info = load_model(name, obj, layout=layout, where=str(checkpoint))
+        info = replace(info, path=Path(checkpoint), sha256=sha256_file(checkpoint))
+        pre = preprocess_of(name, obj)
+        if info.form == "train":
+            if progress:
+                progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
+            model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
+        labels = checkpoint_meta(obj).get("labels")
     rows = []
     for t, p in plan:
         if progress:

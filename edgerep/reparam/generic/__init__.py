@@ -63,8 +63,8 @@ class GenericReport:
     convs: tuple[int, int] = (0, 0)  # convolution nodes before, after
 
     def summary(self) -> dict[str, int]:
-        out = {"branch sets merged": len(self.sets), "conv chains folded": len(self.chains),
-               "convs before": self.convs[0], "convs after": self.convs[1]}
+        out = {"convs before": self.convs[0], "convs after": self.convs[1],
+               "branch sets merged": len(self.sets), "conv chains folded": len(self.chains)}
         if self.skipped:
             out["sums left unmerged"] = len(self.skipped)
         if self.opaque_modules:
@@ -97,7 +97,7 @@ def generic_pass(
     merges parallel branch sets only and leaves plain conv -> BN chains as they are: that is exactly what the
     block-aware conversion does (its graph keeps the BNs outside re-param blocks), node for node.
     ``graph``: "aten", "fx" or "auto" (see the package docstring). A ``GraphModule`` from a loaded ``.pt2``
-    program (``aten.load_program_graph``) is taken as it is, with ATen rules.
+    program (``aten.program_module``) is taken as it is, with ATen rules.
     """
     if train_mode not in ("fix", "error"):
         raise ValueError(f"train_mode must be 'fix' or 'error', got {train_mode!r}")

@@ -17,7 +17,7 @@ from torch import Tensor, fx, nn
 from ...errors import BadInputError
 from .ops import Classifier, Linear, Opaque, Sum, _bind, _Bad
 
-__all__ = ["AtenClassifier", "ExportFailed", "export_graph", "load_program_graph"]
+__all__ = ["AtenClassifier", "ExportFailed", "export_graph", "export_program", "program_module"]
 
 aten = torch.ops.aten
 _BIG = 2**62  # slice ends this large mean "to the end"
@@ -27,18 +27,22 @@ class ExportFailed(BadInputError):
     """torch.export cannot capture the model (data-dependent control flow, unsupported Python)."""
 
 
-def export_graph(model: nn.Module, example: Tensor) -> fx.GraphModule:
-    """``model`` exported with ATen ops, parameters as attributes; the batch dimension left dynamic if it can be.
+def export_program(model: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` (non-strict) with the batch dimension left dynamic where the model allows it.
 
     A batch of one would be specialized by export, so the example is repeated to two first.
     """
     x = example if example.shape[0] > 1 else example.expand(2, *example.shape[1:]).contiguous()
     try:
-        ep = torch.export.export(model, (x,), strict=False, dynamic_shapes=({0: torch.export.Dim.AUTO},))
+        return torch.export.export(model, (x,), strict=False, dynamic_shapes=({0: torch.export.Dim.AUTO},))
     except Exception as exc:  # noqa: BLE001 - any capture failure is reported as one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ExportFailed(f"torch.export cannot capture {type(model).__name__}: {type(exc).__name__}: {first}") from None
-    return program_module(ep)
+
+
+def export_graph(model: nn.Module, example: Tensor) -> fx.GraphModule:
+    """``model`` exported with ATen ops (``export_program``), parameters as attributes."""
+    return program_module(export_program(model, example))
 
 
 def program_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
@@ -46,11 +50,6 @@ def program_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
     unlifted = ep.module()  # refuses eval()/train(): rebuilt below as a plain GraphModule (same graph and code)
     gm = fx.GraphModule(unlifted, unlifted.graph, type(unlifted).__name__)
     return gm.eval()
-
-
-def load_program_graph(ep: torch.export.ExportedProgram) -> fx.GraphModule:
-    """A loaded ``.pt2`` program ready for the pass (its own input shape fixes the analysis shapes)."""
-    return program_module(ep)
 
 
 _CONV = {aten.conv2d.default, aten.conv2d.padding}

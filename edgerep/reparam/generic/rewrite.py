@@ -21,7 +21,7 @@ from .form import Form
 from .ops import Classifier, Linear, Opaque, Sum
 from .trace import Constants
 
-__all__ = ["Branch", "GrowsGraph", "Refusal", "count_convs", "find_chains", "is_conv", "rewrite_chain", "where"]
+__all__ = ["Branch", "GrowsGraph", "Refusal", "convs_in", "count_convs", "find_chains", "rewrite_chain", "where"]
 
 _CALLS = ("call_function", "call_method", "call_module")
 _WALK_LIMIT = 64
@@ -31,18 +31,18 @@ class GrowsGraph(ValueError):
     """The merge would leave more convolutions than the source: it is not done."""
 
 
-def is_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
-    """A 2-d convolution node, whichever way the graph writes it (module, functional, ATen)."""
+def convs_in(gm: fx.GraphModule, node: fx.Node) -> int:
+    """2-d convolutions one node runs, whichever way the graph writes them (module, functional, ATen)."""
     if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), nn.Conv2d)
+        return sum(isinstance(m, nn.Conv2d) for m in gm.get_submodule(node.target).modules())
     if node.op == "call_function":
-        return node.target in (F.conv2d, torch.conv2d) or node.target in CONV_OPS
-    return False
+        return int(node.target in (F.conv2d, torch.conv2d) or node.target in CONV_OPS)
+    return 0
 
 
 def count_convs(gm: fx.GraphModule) -> int:
-    """Convolution nodes in the graph (a module called twice counts twice: that is what runs)."""
-    return sum(1 for n in gm.graph.nodes if is_conv(gm, n))
+    """Convolutions in the graph (a module called twice counts twice: that is what runs)."""
+    return sum(convs_in(gm, n) for n in gm.graph.nodes)
 
 
 def where(node: fx.Node) -> str:
@@ -206,7 +206,7 @@ def rewrite_chain(gm: fx.GraphModule, end: fx.Node, branch: Branch, src: fx.Node
     added = 2 if isinstance(module, nn.Sequential) else 1
     if removed <= added:
         return None
-    if not any(is_conv(gm, n) for n in dead):
+    if not any(convs_in(gm, n) for n in dead):
         raise GrowsGraph("merging would add a convolution where the source has none")
     name = _free_name(gm, _common_prefix(dead))
     gm.add_submodule(name, module)
