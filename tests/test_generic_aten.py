@@ -21,7 +21,7 @@ from edgerep.numerics import randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.reparam.generic import generic_pass
 from edgerep.reparam.generic.count import executed_convs
-from edgerep.zoo import get_spec
+from edgerep.zoo import get_spec, list_models
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -138,7 +138,10 @@ def test_branch_sums_in_any_order_become_one_conv(kernels, rnd, functional_bn):
     assert after == 1 and not report.skipped, (order, report)
 
 
-@pytest.mark.parametrize("name", ["mobileone_s0", "repghostnet_050"])
+QUICK = ["mobileone_s0", "repghostnet_050"]
+
+
+@pytest.mark.parametrize("name", QUICK + [pytest.param(n, marks=pytest.mark.slow) for n in list_models() if n not in QUICK])
 def test_zoo_generic_aten_runs_no_more_convs_than_block_aware(name):
     torch.manual_seed(0)
     model = randomize_bn(get_spec(name).factory(num_classes=10)).eval()
