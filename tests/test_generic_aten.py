@@ -167,3 +167,30 @@ def test_untraceable_by_export_falls_back_to_fx_and_says_so():
     gm, report = generic_pass(model, x)
     assert report.frontend.startswith("fx (torch.export cannot capture") and report.opaque_modules == {"2": report.opaque_modules["2"]}
     assert report.chains and executed_convs(gm, x) == 1
+
+
+class _InPlace(nn.Module):
+    """A conv output read after an in-place ReLU mutated it, and summed with ``+=``."""
+
+    def __init__(self):
+        super().__init__()
+        self.c3 = nn.Conv2d(3, 3, 3, padding=1)
+        self.c1 = nn.Conv2d(3, 3, 1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.c3(x)
+        z = F.relu(y, inplace=True)  # y is z now
+        out = (y + self.bn(self.c1(x))) * 2
+        out += z
+        return out
+
+
+def test_in_place_ops_are_read_as_the_values_they_leave():
+    torch.manual_seed(0)
+    model = randomize_bn(_InPlace()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    gm, report = generic_pass(model, x[:1])
+    with torch.no_grad():
+        assert _rel(gm(x), model(x)) <= REL_TOL_FP32
+    assert executed_convs(gm, x) <= 2

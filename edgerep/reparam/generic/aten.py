@@ -46,7 +46,13 @@ def export_graph(model: nn.Module, example: Tensor) -> fx.GraphModule:
 
 
 def program_module(ep: torch.export.ExportedProgram) -> fx.GraphModule:
-    """The program as a GraphModule whose parameters and buffers are attributes (``get_attr`` nodes)."""
+    """The program as a GraphModule whose parameters and buffers are attributes (``get_attr`` nodes).
+
+    A graph with in-place ops (``relu_``, ``add_``) is functionalized first (``run_decompositions({})``, no op
+    decomposed): the pass reads every node as a value, which is only right when nothing mutates it later.
+    """
+    if any(isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable for n in ep.graph.nodes):
+        ep = ep.run_decompositions({})
     unlifted = ep.module()  # refuses eval()/train(): rebuilt below as a plain GraphModule (same graph and code)
     gm = fx.GraphModule(unlifted, unlifted.graph, type(unlifted).__name__)
     return gm.eval()
