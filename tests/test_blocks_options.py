@@ -174,3 +174,20 @@ def test_repmlp_original_layout_reproduces_the_original_code(size, sharesets):
 def test_repmlp_refuses_an_unknown_layout():
     with pytest.raises(ValueError, match="layout"):
         RepMLPBlock(4, 2, 2, layout="timm")
+
+
+# ---- DBB: the original's nonlinear after the branch sum
+@pytest.mark.parametrize("nonlinear", [None, nn.Identity(), nn.ReLU()])
+def test_dbb_nonlinear_is_kept_after_the_fused_conv(nonlinear):
+    from edgerep.reparam.blocks.dbb import DiverseBranchBlock
+
+    torch.manual_seed(0)
+    block = randomize_bn(DiverseBranchBlock(4, 6, 3, nonlinear=nonlinear)).double().eval()
+    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        y = block.dbb_origin(x) + block.dbb_avg(x) + block.dbb_1x1_kxk(x) + block.dbb_1x1(x)
+        ref = F.relu(y) if isinstance(nonlinear, nn.ReLU) else y
+        assert _rel(block(x), ref) <= REL_TOL_FP64
+        fused = reparameterize(block)
+        assert _rel(fused(x), ref) <= REL_TOL_FP64
+    assert isinstance(fused, nn.Conv2d) == (not isinstance(nonlinear, nn.ReLU))
