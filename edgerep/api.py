@@ -53,8 +53,9 @@ def deploy(
         example = next(model.parameters()).new_zeros(1, *input_size)
         deployed, greport = generic_pass(model, example, train_mode=train_mode)
         blocks = greport.summary()
+        unmerged = [str(r) for r in greport.skipped] + [f"{m}: {why}" for m, why in greport.opaque_modules.items()]
     else:
-        blocks = count_blocks(model)
+        blocks, unmerged = count_blocks(model), []
         deployed = _msgc_dynamic(reparameterize(model, train_mode=train_mode), blocks)
     report = verify_deploy(
         model,
@@ -68,6 +69,7 @@ def deploy(
         references=references,
         latency=latency,
     )
+    report.unmerged = unmerged
     if not report.passed:
         worst = max(report.checks, key=lambda c: c.rel)
         raise VerificationError(

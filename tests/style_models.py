@@ -221,14 +221,19 @@ class Shared(nn.Module):
 
 
 class InceptionStyle(nn.Module):
-    """Parallel dense convs concatenated along channels; then a conv's output chunked and summed."""
+    """Parallel dense convs concatenated along channels; then a conv's output chunked and summed.
 
-    def __init__(self, c):
+    ``kernels`` of one size concatenate into one conv of the same weights; of several sizes the merged
+    kernel would be the largest for every branch (more MACs), so the pass leaves them.
+    """
+
+    def __init__(self, c, kernels=(3, 3, 3)):
         super().__init__()
-        self.b1 = ConvNormAct(c, c, 1, apply_act=False)
-        self.b3 = ConvNormAct(c, c, 3, apply_act=False)
-        self.b5 = nn.Sequential(nn.Conv2d(c, c, 5, padding=2), nn.BatchNorm2d(c))
+        self.b1 = ConvNormAct(c, c, kernels[0], apply_act=False)
+        self.b3 = ConvNormAct(c, c, kernels[1], apply_act=False)
+        self.b5 = nn.Sequential(nn.Conv2d(c, c, kernels[2], padding=kernels[2] // 2), nn.BatchNorm2d(c))
         self.mix = nn.Conv2d(3 * c, 2 * c, 3, padding=1)
+        self.deploy_convs = 2 if len(set(kernels)) == 1 else 4
 
     def forward(self, x):
         y = F.relu(torch.cat([self.b1(x), self.b3(x), self.b5(x)], 1))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import REL_TOL_FP32, REL_TOL_FP64
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from style_models import StyleZoo, TimmStyleNet, TrainingBN
+from style_models import InceptionStyle, StyleZoo, TimmStyleNet, TrainingBN
 from torch import nn
 
 from edgerep.numerics import randomize_bn
@@ -78,6 +78,15 @@ def test_batch_statistics_bn_is_refused_by_name_and_left():
         assert _rel(gm(x), model(x)) <= REL_TOL_FP32
     assert executed_convs(gm, x) == 2
     assert any("aten.batch_norm" in r.node and "training=True" in r.reason for r in report.skipped), report.skipped
+
+
+def test_a_concat_merge_that_would_grow_the_weights_is_skipped_and_reported():
+    torch.manual_seed(0)
+    model = InceptionStyle(4, kernels=(1, 3, 5))
+    after, report = _check(model, torch.randn(2, 4, 10, 10))
+    assert after == model.deploy_convs
+    (refusal,) = report.skipped
+    assert refusal.node.startswith("<model> (aten.cat") and "grow the convolution weights" in refusal.reason
 
 
 class _BNPlusInput(nn.Module):

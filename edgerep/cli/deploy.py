@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{src.model}: {checkpoint} (layout {src.layout}, {src.form} form, {src.num_classes} classes)")
     print(format_deploy_report(result.report))
+    for item in result.report.unmerged:
+        print(f"left unmerged: {item}")
     hint = " (--generic writes no checkpoint)" if args.generic else "; add -o PATH to write the deploy checkpoint"
     print(f"wrote {result.output}" if result.output else f"verified only{hint}")
     return 0

@@ -178,7 +178,7 @@ def _round(
         try:
             new = rewrite_chain(gm, end, branch, src)
         except GrowsGraph as exc:
-            if branch.sets:
+            if branch.sets and where(end) not in known:
                 report.skipped.append(Refusal(where(end), str(exc)))
             continue
         except NotExact as exc:

@@ -21,7 +21,7 @@ from .form import Form
 from .ops import Classifier, Linear, Opaque, Sum
 from .trace import Constants
 
-__all__ = ["Branch", "GrowsGraph", "Refusal", "convs_in", "count_convs", "find_chains", "rewrite_chain", "where"]
+__all__ = ["Branch", "GrowsGraph", "Refusal", "conv_weights", "convs_in", "count_convs", "find_chains", "rewrite_chain", "where"]
 
 _CALLS = ("call_function", "call_method", "call_module")
 _WALK_LIMIT = 64
@@ -38,6 +38,17 @@ def convs_in(gm: fx.GraphModule, node: fx.Node) -> int:
     if node.op == "call_function":
         return int(node.target in (F.conv2d, torch.conv2d) or node.target in CONV_OPS)
     return 0
+
+
+def conv_weights(gm: fx.GraphModule, node: fx.Node) -> int:
+    """Weights of the convolutions one node runs: the cost a merge must not raise (MACs per output pixel)."""
+    if node.op == "call_module":
+        return sum(m.weight.numel() for m in gm.get_submodule(node.target).modules() if isinstance(m, nn.Conv2d))
+    if not convs_in(gm, node):
+        return 0
+    w = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    meta = w.meta.get("tensor_meta") if isinstance(w, fx.Node) else None
+    return int(torch.Size(meta.shape).numel()) if meta is not None else int(w.numel())
 
 
 def count_convs(gm: fx.GraphModule) -> int:
@@ -208,6 +219,9 @@ def rewrite_chain(gm: fx.GraphModule, end: fx.Node, branch: Branch, src: fx.Node
         return None
     if not any(convs_in(gm, n) for n in dead):
         raise GrowsGraph("merging would add a convolution where the source has none")
+    before, after = sum(conv_weights(gm, n) for n in dead), branch.form.kb.kernel.numel()
+    if after > before:  # e.g. a 1x1 projection into a wider 1x1, or concatenated kernels of different sizes
+        raise GrowsGraph(f"merging would grow the convolution weights from {before} to {after} (more MACs)")
     name = _free_name(gm, _common_prefix(dead))
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(end):
