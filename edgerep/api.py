@@ -214,7 +214,8 @@ def deploy_program(
     deployed, report = deploy(source, name=name, input_size=tuple(example.shape[1:]), rtol=rtol, images=photos,
                               images_label=label, latency=latency, generic=True)
     with torch.no_grad():
-        classes = int(source(example).shape[-1])
+        out = source(example)
+    classes = int(out.shape[1]) if isinstance(out, Tensor) and out.dim() == 2 else 0  # 0: not a classifier
     info = LoadInfo(Path(path), sha256_file(path), "pt2", "train", classes, name)
     out = None
     if output is not None:

@@ -152,6 +152,15 @@ def test_cli_refuses_data_dependent_control_flow_and_crafted_files(tmp_path, cap
     assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
 
 
+def test_cli_exports_a_program_to_onnx(program, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["export", str(program), "--target", "onnx", "--precision", "fp32", "-o", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["model"] == "style" and (out / "style-fp32.onnx").is_file()
+    manifest = json.loads((out / "style-fp32.onnx.json").read_text())
+    assert manifest["input"]["shape"] == [1, 3, 32, 32] and manifest["source"]["layout"] == "pt2"
+
+
 @pytest.mark.slow
 def test_cli_exports_a_program_to_every_target(program, tmp_path, capsys):
     out = tmp_path / "out"
