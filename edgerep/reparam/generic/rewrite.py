@@ -72,6 +72,7 @@ class Branch:
     form: Form
     members: list[fx.Node]
     sets: int = 0  # sums inside: 0 = a plain chain (conv -> BN ...), else parallel branches merged
+    concats: int = 0  # channel concatenations among those sets
 
 
 @dataclass
@@ -123,7 +124,7 @@ class _Walk:
 
     def _extend(self, node: fx.Node, base: Branch, op: Linear) -> None:
         form = op.apply(base.form)
-        self.val[node] = Branch(base.src, form, base.members + [node], base.sets)
+        self.val[node] = Branch(base.src, form, base.members + [node], base.sets, base.concats)
         if base.members:
             self.absorbed.add(op.input)
 
@@ -141,7 +142,8 @@ class _Walk:
             self.refusals.append(Refusal(where(node), f"branches ({ends}) from {views[0][0].src.name}: {exc}"))
             return
         members = list(dict.fromkeys(m for v, _ in views for m in v.members))
-        self.val[node] = Branch(views[0][0].src, form, members + [node], 1 + sum(v.sets for v, _ in views))
+        self.val[node] = Branch(views[0][0].src, form, members + [node], 1 + sum(v.sets for v, _ in views),
+                                int(op.concat) + sum(v.concats for v, _ in views))
         for (x, _), (v, _) in zip(op.terms, views):
             if v.members:
                 self.absorbed.add(x)
@@ -219,8 +221,11 @@ def rewrite_chain(gm: fx.GraphModule, end: fx.Node, branch: Branch, src: fx.Node
         return None
     if not any(convs_in(gm, n) for n in dead):
         raise GrowsGraph("merging would add a convolution where the source has none")
+    # A sum of branches takes the largest branch's kernel (the re-parameterization itself); a chain of convs
+    # or a concatenation can instead multiply weights: a 1x1 projection into a wider 1x1, kernels of
+    # different sizes concatenated. Those merges must not raise the weights (MACs per output pixel).
     before, after = sum(conv_weights(gm, n) for n in dead), branch.form.kb.kernel.numel()
-    if after > before:  # e.g. a 1x1 projection into a wider 1x1, or concatenated kernels of different sizes
+    if (branch.concats or not branch.sets) and after > before:
         raise GrowsGraph(f"merging would grow the convolution weights from {before} to {after} (more MACs)")
     name = _free_name(gm, _common_prefix(dead))
     gm.add_submodule(name, module)
