@@ -199,7 +199,25 @@ def test_in_place_ops_are_read_as_the_values_they_leave():
     torch.manual_seed(0)
     model = randomize_bn(_InPlace()).eval()
     x = torch.randn(2, 3, 8, 8)
-    gm, report = generic_pass(model, x[:1])
+    gm, _ = generic_pass(model, x[:1])
     with torch.no_grad():
         assert _rel(gm(x), model(x)) <= REL_TOL_FP32
     assert executed_convs(gm, x) <= 2
+
+
+class _ChannelSlices(nn.Module):
+    """Channel slices of dense convs (indexing and a chunk whose other piece is unused) summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return F.relu(self.a(x)[:, 2:6] + self.b(x).chunk(2, dim=1)[1])
+
+
+def test_channel_slices_of_dense_convs_merge():
+    torch.manual_seed(0)
+    after, report = _check(_ChannelSlices(), torch.randn(2, 3, 8, 8))
+    assert after == 1 and report.sets, report

@@ -24,15 +24,15 @@ import operator
 import os
 import re
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from ..errors import BadInputError
 
-__all__ = ["read_program", "program_example"]
+__all__ = ["program_example", "read_program"]
 
 _ARITH = {"getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "eq", "ne", "ge", "gt", "le", "lt"}
 _OPERATOR_TARGETS = {f"_operator.{n}" for n in _ARITH}

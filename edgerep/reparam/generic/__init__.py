@@ -118,6 +118,8 @@ def generic_pass(
     if strict and leaves:
         name, why = next(iter(leaves.items()))
         raise NotReparameterizableError(f"module {name} cannot be traced by torch.fx ({why})")
+    if classifier is AtenClassifier:  # functional graph: unused outputs (the dropped half of a chunk) go
+        gm.graph.eliminate_dead_code()
     with torch.no_grad():
         ShapeProp(gm).propagate(x)
     before = count_convs(gm)

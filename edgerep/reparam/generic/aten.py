@@ -15,12 +15,11 @@ import torch
 from torch import Tensor, fx, nn
 
 from ...errors import BadInputError
-from .ops import Classifier, Linear, Opaque, Sum, _bind, _Bad
+from .ops import Classifier, Linear, Opaque, Sum, _Bad, _bind
 
 __all__ = ["AtenClassifier", "ExportFailed", "export_graph", "export_program", "program_module"]
 
 aten = torch.ops.aten
-_BIG = 2**62  # slice ends this large mean "to the end"
 
 
 class ExportFailed(BadInputError):
@@ -185,7 +184,7 @@ class AtenClassifier(Classifier):
             sizes = list(src.args[1])
         lo = sum(sizes[:index])
         hi = lo + sizes[index]
-        return Linear(x, lambda f: f.select(lo, hi), fanout=len(src.users) > 1)
+        return Linear(x, lambda f: f.select(lo, hi), fanout=sum(1 for u in src.users if u.users) > 1)
 
     def _cat(self, node: fx.Node) -> Sum | Opaque:
         a = _bind(node.args, node.kwargs, ("tensors", "dim"), {"dim": 0})
