@@ -86,7 +86,9 @@ def test_a_concat_merge_that_would_grow_the_weights_is_skipped_and_reported():
     after, report = _check(model, torch.randn(2, 4, 10, 10))
     assert after == model.deploy_convs
     (refusal,) = report.skipped
-    assert refusal.node.startswith("<model> (aten.cat") and "grow the convolution weights" in refusal.reason
+    assert refusal.node.startswith("<model> (aten.cat") and "more MACs" in refusal.reason
+    gm, _ = generic_pass(randomize_bn(model).eval(), torch.randn(1, 4, 10, 10))
+    assert not [n for n in gm.graph.nodes if "batch_norm" in str(n.target)], "each branch's BN is still folded"
 
 
 class _BNPlusInput(nn.Module):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from .aten import CONV_OPS
-from .form import Form
+from .form import Form, NotExact
 from .ops import Classifier, Linear, Opaque, Sum
 from .trace import Constants
 
@@ -124,6 +124,11 @@ class _Walk:
 
     def _extend(self, node: fx.Node, base: Branch, op: Linear) -> None:
         form = op.apply(base.form)
+        gm = self.classifier.gm
+        if base.members and (base.concats or not base.sets) and convs_in(gm, node):
+            grown = form.kb.kernel.numel() - base.form.kb.kernel.numel() - conv_weights(gm, node)
+            if grown > 0:  # a 1x1 projection into a wider conv: fold up to here, start again at this conv
+                raise NotExact(f"folding {node.name} into the conv before it would add {grown} weights")
         self.val[node] = Branch(base.src, form, base.members + [node], base.sets, base.concats)
         if base.members:
             self.absorbed.add(op.input)
@@ -137,6 +142,10 @@ class _Walk:
         try:
             forms = [v.form if s > 0 else v.form.negate() for v, s in views]
             form = Form.concat(forms) if op.concat else Form.add(forms)
+            pieces = sum(f.kb.kernel.numel() for f in forms)
+            if op.concat and form.kb.kernel.numel() > pieces:
+                raise GrowsGraph(f"one conv for the concatenated branches would have {form.kb.kernel.numel()} "
+                                 f"weights, the branches {pieces} (more MACs)")
         except ValueError as exc:
             ends = ", ".join(v.members[-1].name if v.members else v.src.name for v, _ in views)
             self.refusals.append(Refusal(where(node), f"branches ({ends}) from {views[0][0].src.name}: {exc}"))
