@@ -136,6 +136,24 @@ class TimmStyleNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class TimmRepMixer(nn.Module):
+    """timm FastViT's RepMixer: ``x + layer_scale * (mixer(x) - norm(x))``, mixer and norm MobileOne blocks
+    without activation (norm: the identity BN alone), then a RepCPE-style ``pe(x) + x`` depthwise 7x7."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = TimmMobileOneBlock(dim, dim, 3, groups=dim, num_conv_branches=0)
+        self.norm.conv_scale = None  # use_scale_branch=False
+        self.mixer = TimmMobileOneBlock(dim, dim, 3, groups=dim, num_conv_branches=1)
+        self.norm.act = self.mixer.act = nn.Identity()
+        self.layer_scale = nn.Parameter(1e-1 * torch.rand(dim, 1, 1) + 0.5)
+        self.pe = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+
+    def forward(self, x):
+        x = x + self.layer_scale * (self.mixer(x) - self.norm(x))
+        return self.pe(x) + x
+
+
 # ---- torchvision-style
 class Conv2dNormActivation(nn.Sequential):
     def __init__(self, cin, cout, k=3, stride=1, groups=1, activation_layer=nn.ReLU):

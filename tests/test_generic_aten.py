@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import REL_TOL_FP32, REL_TOL_FP64
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from style_models import InceptionStyle, StyleZoo, TimmStyleNet, TrainingBN
+from style_models import InceptionStyle, StyleZoo, TimmRepMixer, TimmStyleNet, TrainingBN
 from torch import nn
 
 from edgerep.numerics import randomize_bn
@@ -50,6 +50,14 @@ def test_timm_style_blocks_fuse_like_timm_reparameterize(kind):
     after, report = _check(model, torch.randn(2, 3, 32, 32))
     assert after == model.deploy_convs, report
     assert not report.skipped, report.skipped
+
+
+def test_fastvit_style_repmixer_fuses_like_timm():
+    """timm's reparameterize: RepMixer -> one 3x3 depthwise conv, RepCPE -> one 7x7; the zero padding between
+    them makes a 3x3 followed by a 7x7 not one conv, so two per block."""
+    torch.manual_seed(0)
+    after, report = _check(nn.Sequential(TimmRepMixer(8), nn.GELU(), TimmRepMixer(8)), torch.randn(2, 8, 12, 12))
+    assert after == 4 and not report.skipped, report
 
 
 def test_torchvision_mmcv_reuse_concat_styles_fuse():
