@@ -161,10 +161,25 @@ def test_cli_exports_a_program_to_onnx(program, tmp_path, capsys):
     assert manifest["input"]["shape"] == [1, 3, 32, 32] and manifest["source"]["layout"] == "pt2"
 
 
+def _zoo_program(tmp_path: Path) -> Path:
+    """The shipped RepGhostNet-0.5x checkpoint (train form) as a .pt2 program at its 32x32 input."""
+    from edgerep import defaults
+    from edgerep.checkpoints.load import load_model
+
+    model, _ = load_model(defaults.default_model_name(), defaults.default_model_path(), form="train")
+    ep = torch.export.export(model.eval(), (torch.randn(2, 3, 32, 32),), strict=False,
+                             dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    path = tmp_path / "repghost.pt2"
+    torch.export.save(ep, str(path))
+    return path
+
+
 @pytest.mark.slow
-def test_cli_exports_a_program_to_every_target(program, tmp_path, capsys):
+@pytest.mark.parametrize("which", ["style", "zoo"])
+def test_cli_exports_a_program_to_every_target(program, tmp_path, capsys, which):
+    path = program if which == "style" else _zoo_program(tmp_path)
     out = tmp_path / "out"
-    code = main(["export", str(program), "--target", "onnx,tflite,coreml,executorch", "--precision", "fp32",
+    code = main(["export", str(path), "--target", "onnx,tflite,coreml,executorch", "--precision", "fp32",
                  "-o", str(out), "--json"])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["ok"], result
