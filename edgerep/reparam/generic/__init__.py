@@ -5,7 +5,8 @@ from one node to one sum whose branches are linear, shift-invariant ops (conv of
 padding / dilation, eval BatchNorm, identity, average pooling, zero padding and crops, per-channel scale
 and shift, 1x1 -> kxk sequences with exact borders), and every conv -> BN style chain, and replaces each
 with one ``nn.Conv2d`` built by ``edgerep.reparam.fuse``. What would not be exact is left as it is and
-reported (``GenericReport.skipped``), or raises in ``strict`` mode, naming the FX node.
+reported (``GenericReport.skipped``: module path, op and node), or raises in ``strict`` mode. No merge may leave
+more convolutions, or (for conv chains and concatenations) more conv weights, than it removes.
 
 Two front ends, one algebra: ``graph="aten"`` captures with ``torch.export`` (non-strict) and reads ATen ops
 (``aten``); ``graph="fx"`` traces with torch.fx, keeping untraceable submodules opaque; ``"auto"`` (default) is
