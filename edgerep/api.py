@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .checkpoints import Checkpoint, LoadInfo, load_model, save_checkpoint
 from .console import progress_bar
 from .errors import BadInputError, EdgerepError, Interrupted, VerificationError
-from .fileio import removed_if_empty, writable_file
+from .fileio import atomic_path, removed_if_empty, sha256_path, writable_file
 from .images import Batch, ImageList, Preprocess, evenly_spaced, list_images, load_images
 from .proof.verify import DEFAULT_RTOL, FP64_RTOL, DeployReport, verify_deploy
 from .reparam import count_blocks, reparameterize
@@ -24,7 +24,7 @@ from .zoo import get_spec
 if TYPE_CHECKING:
     from .export.pipeline import ExportResult
 
-__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "export_checkpoint", "load_model"]
+__all__ = ["DeployResult", "deploy", "deploy_checkpoint", "deploy_program", "export_checkpoint", "load_model"]
 
 
 def deploy(
@@ -55,12 +55,13 @@ def deploy(
         example = next(model.parameters()).new_zeros(1, *input_size)
         deployed, greport = generic_pass(model, example, train_mode=train_mode)
         blocks = greport.summary()
+        unmerged = [str(r) for r in greport.skipped] + [f"{m}: {why}" for m, why in greport.opaque_modules.items()]
     else:
 
         def fuse(m: nn.Module) -> nn.Module:
             return _msgc_dynamic(reparameterize(m, train_mode=train_mode), {})
 
-        blocks = count_blocks(model)
+        blocks, unmerged = count_blocks(model), []
         deployed = _msgc_dynamic(reparameterize(model, train_mode=train_mode), blocks)
     report = verify_deploy(
         model,
@@ -75,6 +76,7 @@ def deploy(
         latency=latency,
         refuse=fuse,  # the fp64 re-check fuses again in float64: the math, without fp32 rounding of the weights
     )
+    report.unmerged = unmerged
     if not report.passed:
         worst = max((c for c in report.checks if not c.passed), key=lambda c: c.rel)
         fp64 = "" if worst.rel_fp64 is None else f", and {worst.rel_fp64:.3g} > {FP64_RTOL:g} in float64"
@@ -92,6 +94,7 @@ class DeployResult:
     report: DeployReport
     source: LoadInfo
     output: Path | None = None
+    model_input: Tensor | None = None  # a ``.pt2`` program's example input (its shape is the artifact's)
 
 
 def _msgc_dynamic(model: nn.Module, blocks: dict[str, int]) -> nn.Module:
@@ -128,6 +131,9 @@ def deploy_checkpoint(
     too. Nothing is written unless every check passes; the file appears atomically. ``generic``: see
     ``deploy``; it only verifies (its traced deploy form is not a zoo architecture a checkpoint can load into).
     """
+    if is_program(checkpoint):
+        return deploy_program(checkpoint, output=output, rtol=rtol, images=images, n_images=n_images,
+                              latency=latency)
     if generic and output is not None:
         raise BadInputError(
             "--generic only verifies: its deploy form is a traced graph, not a zoo architecture a checkpoint "
@@ -164,6 +170,65 @@ def deploy_checkpoint(
         extra.update(source_sha256=info.sha256, source_layout=info.layout, worst_rel=report.worst_rel)
         out = save_checkpoint(output, deployed, model=name, form="deploy", num_classes=info.num_classes, extra=extra)
     return DeployResult(deployed, report, info, out)
+
+
+def is_program(path: str | Path | None) -> bool:
+    """A ``torch.export.save``'d program (``.pt2``): any architecture, read without importing its code."""
+    return path is not None and str(path).lower().endswith(".pt2")
+
+
+def program_preprocess(example: Tensor) -> Preprocess:
+    """A program records its input shape only: ImageNet normalisation, no crop margin (the input as it is)."""
+    from .zoo.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    return Preprocess.for_input(tuple(example.shape[1:]), IMAGENET_MEAN, IMAGENET_STD, 1.0)
+
+
+def deploy_program(
+    path: str | Path,
+    *,
+    output: str | Path | None = None,
+    rtol: float = DEFAULT_RTOL,
+    images: str | Path | None = None,
+    n_images: int = 8,
+    latency: bool = True,
+) -> DeployResult:
+    """A ``.pt2`` program re-parameterized by the generic (ATen) pass and verified against the program itself.
+
+    The program is read by ``edgerep.checkpoints.pt2.read_program`` (no code from the file runs). ``output``
+    (a ``.pt2``) receives the deploy form, exported again, written atomically after every check passed.
+    """
+    import torch
+
+    from .checkpoints.pt2 import program_example, read_program
+    from .reparam.generic.aten import export_program, program_module
+
+    if output is not None:
+        if not is_program(output):
+            raise BadInputError(f"output {output}: a program's deploy form is written as a .pt2 file; use -o NAME.pt2")
+        writable_file(output, example="deploy.pt2")
+    ep = read_program(path)
+    example = program_example(ep, path)
+    source = program_module(ep)
+    if images is not None and example.shape[1] != 3:
+        images = None  # photos are RGB; a program of another channel count is checked on random inputs only
+    photos, label = (None, "")
+    pre = program_preprocess(example)
+    if images is not None:
+        photos, label = _sample_images(images, pre, n_images)
+    name = Path(path).stem
+    deployed, report = deploy(source, name=name, input_size=tuple(example.shape[1:]), rtol=rtol, images=photos,
+                              images_label=label, latency=latency, generic=True)
+    with torch.no_grad():
+        out = source(example)
+    classes = int(out.shape[1]) if isinstance(out, Tensor) and out.dim() == 2 else 0  # 0: not a classifier
+    info = LoadInfo(Path(path), sha256_path(Path(path)), "pt2", "train", classes, name)
+    out = None
+    if output is not None:
+        out = Path(output)
+        with atomic_path(out) as tmp:
+            torch.export.save(export_program(deployed, example), str(tmp))
+    return DeployResult(deployed, report, info, out, example)
 
 
 # What a deploy checkpoint keeps from its train-form source: what export and eval need later.
@@ -217,14 +282,22 @@ def export_checkpoint(
         precisions.append(tgt.precision(p))
         tgt.resolve_options(options)
         tgt.resolve_layout(input_layout)
-    ck = Checkpoint.open(checkpoint)
-    name = ck.model_name(name)
-    model, info = ck.load(name, layout=checkpoint_layout)
-    pre = ck.preprocess(name)
-    if info.form == "train":
+    if is_program(checkpoint):
         if progress:
-            progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
-        model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
+            progress(f"re-parameterizing the program {checkpoint} (generic pass) and verifying it")
+        result = deploy_program(checkpoint, latency=False)
+        model, info, pre, labels = result.model, result.source, program_preprocess(result.model_input), None
+        name = info.model
+    else:
+        ck = Checkpoint.open(checkpoint)
+        name = ck.model_name(name)
+        model, info = ck.load(name, layout=checkpoint_layout)
+        pre = ck.preprocess(name)
+        if info.form == "train":
+            if progress:
+                progress(f"fusing {name} (train-form checkpoint) and verifying the deploy form")
+            model, _ = deploy(model, name=name, input_size=(3, *pre.size), latency=False)
+        labels = ck.labels
     calib, val = _decode_photos(calibration, validation, pre, precisions, bars=progress is not None)
     rows = []
     with removed_if_empty(output_dir):  # a run that kept nothing leaves no empty folder behind
@@ -234,7 +307,7 @@ def export_checkpoint(
             try:
                 result = export(
                     model, name=name, target=t, precision=p, input_size=(3, *pre.size), output_dir=output_dir,
-                    preprocess=pre, calibration=calib, validation=val, labels=ck.labels, source=info,
+                    preprocess=pre, calibration=calib, validation=val, labels=labels, source=info,
                     options=options, input_layout=input_layout, tolerance=tolerance, progress=progress,
                 )
             except (VerificationError, UnsupportedLayerError) as exc:  # the other targets may still work

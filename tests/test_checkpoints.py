@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from conftest import REL_TOL_FP32, meta_model, shared_path
+from conftest import REL_TOL_FP32, REL_TOL_FP64, meta_model, shared_path
 
 from edgerep.checkpoints.layouts import detect_form, detect_layout, get_layout
 from edgerep.checkpoints.load import LoadInfo, load_model, save_checkpoint
@@ -240,3 +240,25 @@ def test_truncated_file_is_named(tmp_path, a0):
     with pytest.raises(CheckpointError, match=message) as exc:
         load_model("repvgg_a0", path)
     one_line_error(exc)
+
+
+@pytest.mark.parametrize("variant", ["s0", pytest.param("s4", marks=pytest.mark.slow)])
+def test_original_mobileone_checkpoint_loads_and_fuses(variant):
+    """apple/ml-mobileone keys (stage0.rbr_conv.0.conv.weight, rbr_scale, rbr_skip, se, linear), random weights."""
+    from original_mobileone import OriginalMobileOne
+
+    torch.manual_seed(0)
+    original = randomize_bn(OriginalMobileOne(variant, num_classes=10)).eval()
+    sd = original.state_dict()
+    assert "stage0.rbr_conv.0.conv.weight" in sd and detect_layout(sd, "mobileone") == "original"
+    model, info = load_model(f"mobileone_{variant}", sd)
+    assert (info.layout, info.form, info.num_classes) == ("original", "train", 10)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        if variant == "s0":  # S4 with random BN statistics is ill-conditioned in fp32 (see test_zoo_deploy.py)
+            ref = original(x)
+            assert output_error(ref, model(x)).rel <= REL_TOL_FP32
+            assert output_error(ref, reparameterize(model)(x)).rel <= REL_TOL_FP32
+        ref, x = original.double()(x.double()), x.double()
+        assert output_error(ref, model.double()(x)).rel <= REL_TOL_FP64
+        assert output_error(ref, reparameterize(model)(x)).rel <= REL_TOL_FP64

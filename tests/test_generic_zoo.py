@@ -10,6 +10,8 @@ after the same folding: ``generic(train) == generic(block_aware(train))``.
 
 from __future__ import annotations
 
+import functools
+
 import json
 
 import pytest
@@ -22,9 +24,10 @@ from edgerep.cli import main
 from edgerep.proof.metrics import count_nodes
 from edgerep.proof.numerics import randomize_bn
 from edgerep.reparam import reparameterize
-from edgerep.reparam.generic import generic_pass
+from edgerep.reparam import generic
 from edgerep.zoo import get_spec, list_models
 
+generic_pass = functools.partial(generic.generic_pass, graph="fx")  # node counts in module terms; ATen: test_generic_aten
 ILL_CONDITIONED_FP32 = {"mobileone_s4"}  # see tests/test_zoo_deploy.py
 BLOCKS_ONLY = {"repvgg", "qarepvgg", "mobileone"}
 QUICK = ["mobileone_s0", "repghostnet_050", "resnet18_dbb"]

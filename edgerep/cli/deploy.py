@@ -17,6 +17,7 @@ examples:
   edgerep deploy repvgg_a0 -c repvgg_a0.pth -o repvgg_a0_deploy.pt
   edgerep deploy repvgg_a0 -c RepVGG-A0-train.pth --checkpoint-layout original --images photos/ --json
   edgerep deploy mobileone_s0 -c mobileone_s0.pth --generic   # block-agnostic graph pass, verify only
+  edgerep deploy model.pt2 -o model_deploy.pt2     # any torch.export.save'd program, no model code needed
 
 The checkpoint may come from timm, from the original papers' repositories or from edgerep; its layout
 is detected from its keys (force one with --checkpoint-layout). It must be in training form: a deploy-form
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d.add_argument("model", nargs="?", help="zoo model name (see `edgerep models`); default: the shipped demo model")
+    d.add_argument("model", nargs="?", help="zoo model name (see `edgerep models`), or a .pt2 program "
+                   "(torch.export.save); default: the shipped demo model")
     d.add_argument("-c", "--checkpoint", help="training-form checkpoint (.pt/.pth); default: the shipped demo checkpoint")
     d.add_argument("-o", "--output", help="where to write the deploy checkpoint (atomically); omit to only verify")
     d.add_argument(
@@ -59,10 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
-    from ..api import deploy_checkpoint
+    from ..api import deploy_checkpoint, is_program
     from ..proof.report import format_deploy_report
 
     name, checkpoint = args.model, args.checkpoint
+    if is_program(name) and checkpoint is None:  # a .pt2 program: any architecture, no zoo name
+        name, checkpoint = None, name
     if name is None and checkpoint is None:
         name, checkpoint = defaults.default_model_name(), str(defaults.default_model_path())
     elif checkpoint is None:
@@ -95,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{src.model}: {checkpoint} (layout {src.layout}, {src.form} form, {src.num_classes} classes)")
     print(format_deploy_report(result.report))
+    for item in result.report.unmerged:
+        print(f"left unmerged: {item}")
     hint = " (--generic writes no checkpoint)" if args.generic else "; add -o PATH to write the deploy checkpoint"
     print(f"wrote {result.output}" if result.output else f"verified only{hint}")
     return 0

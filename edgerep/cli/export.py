@@ -16,6 +16,7 @@ examples:
   edgerep export                                      # shipped model -> onnx, tflite, coreml in fp32 + int8
   edgerep export repvgg_a0 -c ck.pth --target onnx --precision int8 --calib photos/
   edgerep export repghostnet_100 -c ck.pth --target coreml --precision fp16,palettize6 -o out/ --json
+  edgerep export model.pt2 --target onnx,tflite       # any torch.export.save'd program: re-parameterized first
 
 Each artifact is run (Core ML on Linux: its MIL program is evaluated) and compared with the PyTorch
 deploy model before it is kept; the allowed options and tolerances of each target are in targets/*.toml.
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("model", nargs="?", help="zoo model name; default: the shipped demo model")
+    e.add_argument("model", nargs="?", help="zoo model name, or a .pt2 program (torch.export.save); "
+                   "default: the shipped demo model")
     e.add_argument("-c", "--checkpoint", help="train- or deploy-form checkpoint; default: the shipped demo checkpoint")
     e.add_argument("--target", default=None, type=comma_list,
                    help="onnx, tflite, coreml, executorch, or all; comma-separated list allowed")
@@ -59,11 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
-    from ..api import export_checkpoint
+    from ..api import export_checkpoint, is_program
     from ..export.targets import target_names
     from ..tables import human, table
 
     name, checkpoint = args.model, args.checkpoint
+    if is_program(name) and checkpoint is None:  # a .pt2 program: any architecture, no zoo name
+        name, checkpoint = None, name
     demo = name is None and checkpoint is None
     if demo:  # the embedded default: the whole path on the shipped model and photos
         name, checkpoint = defaults.default_model_name(), str(defaults.default_model_path())

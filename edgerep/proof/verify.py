@@ -73,6 +73,7 @@ class DeployReport:
     train: FormStats
     deploy: FormStats
     checks: list[Check] = field(default_factory=list)
+    unmerged: list[str] = field(default_factory=list)  # generic pass: "module (op, node): why", left as they are
 
     @property
     def passed(self) -> bool:
