@@ -40,9 +40,14 @@ class Check:
     rel_fp64: float | None = None  # the same check in float64, run when the fp32 one exceeds ``rtol``
 
     @property
+    def rtol_fp64(self) -> float:
+        """The float64 bound: ``FP64_RTOL``, or the user's ``rtol`` when that is stricter."""
+        return min(FP64_RTOL, self.rtol)
+
+    @property
     def passed(self) -> bool:
-        """Within ``rtol`` in fp32, or (fp32 rounding only) within ``FP64_RTOL`` when both forms run in float64."""
-        return self.rel <= self.rtol or (self.rel_fp64 is not None and self.rel_fp64 <= FP64_RTOL)
+        """Within ``rtol`` in fp32, or (fp32 rounding only) within ``rtol_fp64`` when both forms run in float64."""
+        return self.rel <= self.rtol or (self.rel_fp64 is not None and self.rel_fp64 <= self.rtol_fp64)
 
 
 @dataclass
