@@ -14,8 +14,8 @@ bug); the report carries both numbers.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
