@@ -232,8 +232,8 @@ def test_ctrl_c_during_export_names_the_artifacts_kept(capsys, tmp_path, train_c
         return Done()
 
     monkeypatch.setattr(pipeline, "export", export)
-    code, _, err = run_cli(capsys, "export", MODEL, "-c", str(train_ckpt), "--target", "onnx,tflite", "-o", str(tmp_path),
-                           "--json")
+    code, _, err = run_cli(capsys, "export", MODEL, "-c", str(train_ckpt), "--target", "onnx,tflite",
+                           "-o", str(tmp_path), "--json")
     line = one_error_line(err)
     assert code == 2 and "interrupted; kept 1 finished and validated" in line and "train-fp32.onnx" in line
     assert "nothing was written" not in line

@@ -87,7 +87,7 @@ def test_relative_error_definition():
 
 
 def _deep_offset_net() -> nn.Sequential:
-    """16 RepVGG blocks whose BNs carry running means ~1e3 that their betas cancel: intermediate values are large,
+    """16 RepVGG blocks whose BNs carry running means ~3e3 that their betas cancel: intermediate values are large,
     so the train form's fp32 rounding alone exceeds 1e-5 (relative) while the fused math is exact in fp64."""
     gen = torch.Generator().manual_seed(0)
     net = nn.Sequential(*[RepVGGBlock(3 if i == 0 else 16, 16) for i in range(16)],
@@ -96,7 +96,7 @@ def _deep_offset_net() -> nn.Sequential:
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.add_(torch.randn(m.num_features, generator=gen) * 1e3)
+                m.running_mean.add_(torch.randn(m.num_features, generator=gen) * 3e3)
                 shift = m.weight * m.running_mean / (m.running_var + m.eps).sqrt()
                 m.bias.copy_(shift + torch.randn(m.num_features, generator=gen) * 0.5)
     return net.eval()
@@ -106,7 +106,7 @@ def test_fp32_rounding_of_a_deep_model_is_not_called_a_mismatch():
     _, report = deploy(_deep_offset_net(), name="deep", input_size=(3, 16, 16), latency=False)
     over = [c for c in report.checks if c.rel > 1e-5]
     assert over, "the model must make fp32 rounding exceed 1e-5, or this test proves nothing"
-    assert all(c.rel_fp64 is not None and c.rel_fp64 < 1e-12 for c in over)
+    assert all(c.rel_fp64 is not None and c.rel_fp64 < 1e-11 for c in over)  # fp32: ~1e-4
     assert report.passed
     text = format_deploy_report(report)
     assert "ok (fp32 rounding)" in text and "float64" in text

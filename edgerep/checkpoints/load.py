@@ -225,7 +225,7 @@ def _form_error(where: str, found: str, why: str) -> CheckpointError:
 def _refuse_non_finite(sd: Mapping[str, Tensor], where: str) -> None:
     """A NaN/Inf weight (a diverged run, a damaged file) is named here, not reported later as a fusion mismatch."""
     for key, t in sd.items():
-        if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+        if isinstance(t, Tensor) and t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all():
             bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(
                 f"checkpoint {where}: tensor {key} holds {bad} NaN/Inf value(s) of {t.numel()}; the training run"

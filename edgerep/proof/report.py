@@ -35,8 +35,9 @@ def format_deploy_report(report: DeployReport) -> str:
     out += ["", f"{verdict}: worst relative error {report.worst_rel:.3g} (tolerance {report.rtol:g})"]
     if any(c.rel_fp64 is not None for c in report.checks):
         out.append(
-            f"checks over {report.rtol:g} in fp32 were run again in float64 (tolerance {FP64_RTOL:g}): within it, the"
-            " fp32 error is rounding of this model, not a fusion mismatch"
+            f"checks over {report.rtol:g} in fp32 were run again in float64 (tolerance"
+            f" {min(FP64_RTOL, report.rtol):g}): within it, the fp32 error is rounding of this model, not a fusion"
+            " mismatch"
         )
     return "\n".join(out)
 

@@ -14,8 +14,8 @@ bug); the report carries both numbers.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -42,13 +42,18 @@ class Check:
     fp32_rounding: float | None = None  # how far the fp32 train form itself is from its float64 output
 
     @property
+    def rtol_fp64(self) -> float:
+        """The float64 bound: ``FP64_RTOL``, or the user's ``rtol`` when that is stricter."""
+        return min(FP64_RTOL, self.rtol)
+
+    @property
     def passed(self) -> bool:
         """Within ``rtol`` in fp32; or the excess is fp32 rounding only: the math agrees in float64 (within
-        ``FP64_RTOL``) and the deploy form is no further from the float64 truth than ``ROUNDING_SLACK`` times the
+        ``rtol_fp64``) and the deploy form is no further from the float64 truth than ``ROUNDING_SLACK`` times the
         train form's own fp32 rounding (so a deploy module that loses precision of its own still fails)."""
         if self.rel <= self.rtol:
             return True
-        return (self.rel_fp64 is not None and self.rel_fp64 <= FP64_RTOL and self.fp32_rounding is not None
+        return (self.rel_fp64 is not None and self.rel_fp64 <= self.rtol_fp64 and self.fp32_rounding is not None
                 and self.rel <= ROUNDING_SLACK * max(self.fp32_rounding, self.rtol / ROUNDING_SLACK))
 
 
