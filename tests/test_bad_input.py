@@ -78,7 +78,7 @@ def test_bad_values_are_refused_before_any_work(capsys, argv, message) -> None:
 def test_validate_of_a_file_that_is_not_onnx(capsys, tmp_path) -> None:
     (tmp_path / "garbage.onnx").write_bytes(b"this is not onnx")
     code, _, err = run_cli(capsys, "validate", str(tmp_path / "garbage.onnx"), "--random", "2")
-    assert code == 2 and "cannot read" in one_error_line(err) and "garbage.onnx" in err
+    assert code == 2 and "cannot load" in one_error_line(err) and "garbage.onnx" in err
 
 
 def test_eval_into_a_read_only_folder_fails_before_the_evaluation(capsys, tmp_path, monkeypatch) -> None:

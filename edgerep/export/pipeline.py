@@ -254,7 +254,7 @@ def _calibration(
         items = calibration if isinstance(calibration, Batch) else list_images(calibration)
         keep = evenly_spaced(len(items.files), prec.max_calibration_images)
         files = [items.files[i] for i in keep]
-        labels = _truth(items, list(keep), calibration, model, notes)
+        labels = _truth(items, list(keep), _named(calibration, items), model, notes)
         n = len(files)
     if n < prec.min_calibration_images:
         raise BadInputError(
@@ -288,8 +288,13 @@ def _images(
         return source.float(), f"{len(source)} {what}", None
     bar = progress_bar(what) if bars else None
     batch = source if isinstance(source, Batch) else load_images(source, pre, progress=bar)
-    truth = _truth(batch, list(range(len(batch.files))), source, model, notes)
+    truth = _truth(batch, list(range(len(batch.files))), _named(source, batch), model, notes)
     return batch.images, f"{len(batch.images)} {what} from {_where(source, batch)}", truth
+
+
+def _named(source: Images, batch: Batch | ImageList) -> str:
+    """The image source as a user named it (a folder path), else the folder its files share."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else str(Path(os.path.commonpath(batch.files)))
 
 
 def _where(source: Images, batch: Batch | None = None) -> str:
