@@ -231,8 +231,8 @@ class _Driver:
         here = ray.get_runtime_context().get_node_id()
         self.tracker = ray.remote(num_cpus=0)(_Tracker).options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
-        self.export_fn = ray.remote(_export_task).options(num_returns=2, max_retries=0, num_cpus=1)
-        self.time_fn = ray.remote(_time_task).options(max_retries=0)
+        self.export_fn = ray.remote(_export_task)
+        self.time_fn = ray.remote(_time_task)
         self.tmp = tempfile.TemporaryDirectory(prefix="edgerep-bench-")
         self.sources = [model_source(m, Path(self.tmp.name)) for m in models]  # bad names: before any work
         self.images = ray.put(pack(images))
@@ -255,8 +255,9 @@ class _Driver:
                 key = f"export {model[3]} {target} {precision}"
 
                 def submit(k=key, t=target, pr=precision, c=ckpt_blob, mo=model):
-                    first, blob = self.export_fn.remote(self.tracker, k, mo, t, pr, c, self.images, self.calib,
-                                                         str(self.store) if self.store else None)
+                    fn = self.export_fn.options(num_returns=2, max_retries=0, num_cpus=1)
+                    first, blob = fn.remote(self.tracker, k, mo, t, pr, c, self.images, self.calib,
+                                            str(self.store) if self.store else None)
                     self._blob_of_key[k] = blob
                     return first
 
@@ -278,7 +279,7 @@ class _Driver:
                 key = f"time {e.artifact} on {device} x{n}"
 
                 def submit(k=key, dev=device, th=n, o=opts):
-                    return self.time_fn.options(**o).remote(self.tracker, k, blob, store_path, e.artifact, dev, th,
+                    return self.time_fn.options(max_retries=0, **o).remote(self.tracker, k, blob, store_path, e.artifact, dev, th,
                                                             e.precision, self.ssh)
 
                 self._add(_Job(key, (m, p, d, t), submit, res))
