@@ -60,6 +60,17 @@ def test_artifact_store_needs_ray(tmp_path, capsys):
     assert code == 2 and "--artifact-store is for --ray" in one_error_line(err)
 
 
+def test_example_cluster_file_is_valid_for_the_ray_launcher():
+    pytest.importorskip("ray")
+    yaml = pytest.importorskip("yaml")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples/ray-cluster.yaml").read_text())
+    validate_config(prepare_config(config))  # raises on a field the launcher does not know
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert any("--resources=" in c for c in config[key]), key
+
+
 # --- one node whose workers cannot import onnxruntime -----------------------------------------------------------
 
 
