@@ -126,6 +126,7 @@ class _Tracker:
         self.started: dict[str, str] = {}
         self._blob_of_key: dict[str, object] = {}  # export key -> ObjectRef of its artifact folder
         self._last = ""
+        self.lost_nodes: set[str] = set()
 
     def start(self, key: str, node: str) -> None:
         self.started[key] = node
@@ -245,6 +246,7 @@ class _Driver:
         self.started: dict[str, str] = {}
         self._blob_of_key: dict[str, object] = {}  # export key -> ObjectRef of its artifact folder
         self._last = ""
+        self.lost_nodes: set[str] = set()
 
     # jobs
     def _submit_exports(self) -> None:
@@ -364,16 +366,14 @@ class _Driver:
     def _drop_unplaceable(self) -> None:
         """Pending tasks whose device is on no live node any more would wait forever: mark them instead."""
         nodes = _Nodes.now()
-        if set(nodes.resources) == set(self.nodes.resources):
-            return
-        lost = [n for n in self.nodes.resources if n not in nodes.resources]
+        self.lost_nodes.update(n for n in self.nodes.resources if n not in nodes.resources)
         self.nodes = nodes
         for ref, job in list(self.pending.items()):
             if job.resource and not nodes.holders(job.resource):
                 self.ray.cancel(ref, force=True)
                 del self.pending[ref]
-                self._fail(job, f"not run: node {', '.join(n[:8] for n in lost)} holding {job.resource} was lost "
-                           "and no other node has it")
+                lost = ", ".join(sorted(n[:8] for n in self.lost_nodes)) or "?"
+                self._fail(job, f"not run: node {lost} holding {job.resource} was lost and no other node has it")
 
     def _refresh_started(self) -> dict[str, str]:
         from ray.exceptions import RayError
