@@ -326,8 +326,7 @@ class _Driver:
             node = self._refresh_started().get(job.key, "")
             job.lost_on.append(node[:8] or "?")
             reason = f"worker lost on node {node[:8] or '?'} ({type(exc).__name__})"
-            self.nodes = _Nodes.now()
-            if job.attempts < 2 and (job.resource is None or self.nodes.holders(job.resource)):
+            if job.attempts < 2 and (job.resource is None or _Nodes.now().holders(job.resource)):
                 self.say(f"{job.key}: {reason}; retrying once")
                 job.attempts += 1
                 self._add(job)
