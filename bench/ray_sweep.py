@@ -100,7 +100,7 @@ class LocalCluster:
                 self._spawn([f"--address={self.address}", f"--num-cpus={w.get('num_cpus', 1)}",
                              f"--resources={json.dumps(w.get('resources', {}))}", "--disable-usage-stats"],
                             {**self.env, **extra}, f"worker{i}.log")
-                self._wait(lambda: sum(n["Alive"] for n in ray.nodes()) == 2 + i, deadline, f"worker {i}")
+                self._wait(lambda want=2 + i: sum(n["Alive"] for n in ray.nodes()) == want, deadline, f"worker {i}")
             nodes = [n for n in ray.nodes() if n["Alive"]]
             head = next(n for n in nodes if "node:__internal_head__" in n["Resources"])
             self.node_ids = [head["NodeID"]]

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-
+import test_ssh
 from conftest import one_error_line, run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from ray_sweep import LocalCluster, model_specs, photos  # noqa: E402
-from test_ssh import sshd  # noqa: E402,F401  (the module-scoped local OpenSSH server fixture)
+from ray_sweep import LocalCluster, model_specs, photos
+
+sshd = test_ssh.sshd  # the module-scoped local OpenSSH server, shared with the ssh tests
 
 PLAN = [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")]
 
@@ -141,7 +142,7 @@ def test_cluster_rows_equal_single_process_rows(cluster, sshd, data, tmp_path, c
     assert sorted(p.name for p in out.glob("tradeoff.*")) == ["tradeoff.csv", "tradeoff.json", "tradeoff.md",
                                                              "tradeoff.png"]
     assert "queued" in err and "running" in err and "done" in err  # the per-node progress display
-    head, a, b = cluster.node_ids
+    _, a, b = cluster.node_ids
     assert len(rows) == 2 * len(PLAN) * 4  # devices: host -> host:a, host:b; the ssh board; pixel4
     ref = {(r.model, r.target, r.precision, r.device): r for r in single}
     for r in rows:
@@ -175,7 +176,7 @@ def test_ctrl_c_cancels_and_keeps_every_row(cluster, data, tmp_path):
 def test_worker_lost_mid_run_keeps_a_complete_report(cluster, data, tmp_path):
     from edgerep.tradeoff.cluster import run_bench_ray
 
-    head, a, b = cluster.node_ids
+    b = cluster.node_ids[2]
     killed = []
 
     def progress(msg: str) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import socket
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,7 +238,6 @@ class _Driver:
         self.images = ray.put(pack(images))
         self.calib = ray.put(pack(calibration)) if calibration else None
         self.exported: dict[tuple, Exported] = {}
-        self.blobs: dict[tuple, object] = {}
         self.done: dict[tuple, tuple[Latency | None, str, str]] = {}  # (m, p, d, t) -> latency, failure, node
         self.pending: dict[object, _Job] = {}
         self.failed_keys: set[str] = set()
@@ -281,8 +279,8 @@ class _Driver:
                 key = f"time {e.artifact} on {device} x{n}"
 
                 def submit(k=key, dev=device, th=n, o=opts):
-                    return self.time_fn.options(max_retries=0, **o).remote(self.tracker, k, blob, store_path, e.artifact, dev, th,
-                                                            e.precision, self.ssh)
+                    fn = self.time_fn.options(max_retries=0, **o)
+                    return fn.remote(self.tracker, k, blob, store_path, e.artifact, dev, th, e.precision, self.ssh)
 
                 self._add(_Job(key, (m, p, d, t), submit, res))
 

@@ -10,9 +10,9 @@ The steps are plain functions (``export_one``/``summarize``, ``measure``, ``make
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
