@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -88,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from ..tradeoff.cluster import run_bench_ray
 
-        result = run_bench_ray(models, plan, devices, threads, address=args.ray, output_dir=out, images=images,
-                               calibration=args.calib, artifact_store=args.artifact_store, progress=status, ssh=ssh)
+        with contextlib.redirect_stdout(sys.stderr):  # Ray prints cluster events (a node marked dead) on stdout
+            result = run_bench_ray(models, plan, devices, threads, address=args.ray, output_dir=out, images=images,
+                                   calibration=args.calib, artifact_store=args.artifact_store, progress=status,
+                                   ssh=ssh)
         rows, interrupted = result.rows, result.interrupted
         _refuse_if_nothing_ran(rows, interrupted)
     else:

@@ -28,7 +28,16 @@ from pathlib import Path
 from ..errors import BadInputError, EdgerepError, require
 from .blobs import pack, unpack
 from .latency import Latency, is_host
-from .run import Exported, Progress, export_one, finish, make_row, measure, model_source, output_folder
+from .run import (
+    Exported,
+    Progress,
+    export_one,
+    finish,
+    make_row,
+    measure,
+    model_source,
+    output_folder,
+)
 from .table import TradeoffRow
 
 LOST_WAIT_S = 0.5  # how often the driver looks at finished tasks and at the nodes
@@ -123,9 +132,6 @@ class _Tracker:
 
     def __init__(self) -> None:
         self.started: dict[str, str] = {}
-        self._blob_of_key: dict[str, object] = {}  # export key -> ObjectRef of its artifact folder
-        self._last = ""
-        self.lost_nodes: set[str] = set()
 
     def start(self, key: str, node: str) -> None:
         self.started[key] = node
@@ -270,8 +276,13 @@ class _Driver:
         for d, device in enumerate(self.devices):
             res = resource_of(device)
             opts: dict = {"num_cpus": 0}
+            holders = self.nodes.holders(res) if res else []
+            if res and not holders:  # its node was lost before this artifact was ready: the rows say so
+                for t, n in enumerate(self.threads):
+                    self._fail(_Job(f"time {e.artifact} on {device} x{n}", (m, p, d, t), None, res),
+                               self._lost_reason(res))
+                continue
             if res:
-                holders = self.nodes.holders(res)
                 opts["resources"] = {res: max(self.nodes.resources[n][res] for n in holders)}  # the whole of it
                 if is_host(device):  # and all the node's cores: no export runs beside a host timing
                     opts["num_cpus"] = max(self.nodes.resources[n].get("CPU", 0) for n in holders)
@@ -369,8 +380,11 @@ class _Driver:
             if job.resource and not nodes.holders(job.resource):
                 self.ray.cancel(ref, force=True)
                 del self.pending[ref]
-                lost = ", ".join(sorted(n[:8] for n in self.lost_nodes)) or "?"
-                self._fail(job, f"not run: node {lost} holding {job.resource} was lost and no other node has it")
+                self._fail(job, self._lost_reason(job.resource))
+
+    def _lost_reason(self, resource: str) -> str:
+        lost = ", ".join(sorted(n[:8] for n in self.lost_nodes)) or "?"
+        return f"not run: node {lost} holding {resource} was lost and no other node has it"
 
     def _refresh_started(self) -> dict[str, str]:
         from ray.exceptions import RayError
