@@ -190,6 +190,8 @@ def test_worker_lost_mid_run_keeps_a_complete_report(cluster, data, tmp_path):
     assert not run.interrupted and len(run.rows) == 2 * 3  # every row is there
     lost = [r for r in run.rows if "lost" in r.status]
     assert lost, [r.status for r in run.rows]
+    for r in lost:  # each names the node that was lost, and what became of the job
+        assert f"lost on node {b[:8]}" in r.status or f"node {b[:8]} holding device:host:b was lost" in r.status, r
     for r in run.rows:
         if r.device == "host:b" and r.latency_ms is None:
             assert "lost" in r.status, r  # marked with the reason
