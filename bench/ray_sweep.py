@@ -137,7 +137,7 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop only this cluster's processes (SIGTERM, then SIGKILL after a grace period) and remove its files."""
         sessions = [p.pid for p in self.procs]
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
             for sid in sessions:
                 for pid in _session_pids(sid):
                     try:
