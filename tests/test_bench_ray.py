@@ -184,9 +184,13 @@ def test_worker_lost_mid_run_keeps_a_complete_report(cluster, data, tmp_path):
             cluster.kill_worker(1)
             killed.append(msg)
 
+    store = tmp_path / "shared"  # artifacts through a folder every node sees, not the object store
     run = run_bench_ray(model_specs()[:1], PLAN[:2], ["host", "pixel4"], [1], address=cluster.address,
-                        output_dir=tmp_path, images=data["images"], calibration=data["calib"], progress=progress)
+                        output_dir=tmp_path / "out", images=data["images"], calibration=data["calib"],
+                        artifact_store=store, progress=progress)
     assert killed, "worker b never ran a task"
+    assert sorted(p.name for p in (store / "repghostnet_050").glob("*.onnx")) == [
+        "repghostnet_050-fp32.onnx", "repghostnet_050-int8.onnx"]
     assert not run.interrupted and len(run.rows) == 2 * 3  # every row is there
     lost = [r for r in run.rows if "lost" in r.status]
     assert lost, [r.status for r in run.rows]
