@@ -187,10 +187,15 @@ def _time_task(tracker, key: str, artifact_blob: bytes | None, store_path: str |
 class _Job:
     key: str
     slot: tuple  # where its rows go: (model index, plan index) or (model, plan, device, threads) index
-    submit: object  # () -> ObjectRef of the first return
+    submit: object  # (attempt key) -> ObjectRef of the first return
     resource: str | None
     attempts: int = 1
     lost_on: list[str] = field(default_factory=list)
+
+    @property
+    def attempt_key(self) -> str:
+        """What the task reports to the tracker: a retry is a new task, maybe on another node."""
+        return f"{self.key} #{self.attempts}"
 
 
 @dataclass
@@ -260,9 +265,9 @@ class _Driver:
             for p, (target, precision) in enumerate(self.plan):
                 key = f"export {model[3]} {target} {precision}"
 
-                def submit(k=key, t=target, pr=precision, c=ckpt_blob, mo=model):
+                def submit(attempt, k=key, t=target, pr=precision, c=ckpt_blob, mo=model):
                     fn = self.export_fn.options(num_returns=2, max_retries=0, num_cpus=1)
-                    first, blob = fn.remote(self.tracker, k, mo, t, pr, c, self.images, self.calib,
+                    first, blob = fn.remote(self.tracker, attempt, mo, t, pr, c, self.images, self.calib,
                                             str(self.store) if self.store else None)
                     self._blob_of_key[k] = blob
                     return first
@@ -289,9 +294,9 @@ class _Driver:
             for t, n in enumerate(self.threads):
                 key = f"time {e.artifact} on {device} x{n}"
 
-                def submit(k=key, dev=device, th=n, o=opts):
+                def submit(attempt, dev=device, th=n, o=opts):
                     fn = self.time_fn.options(max_retries=0, **o)
-                    return fn.remote(self.tracker, k, blob, store_path, e.artifact, dev, th, e.precision, self.ssh)
+                    return fn.remote(self.tracker, attempt, blob, store_path, e.artifact, dev, th, e.precision, self.ssh)
 
                 self._add(_Job(key, (m, p, d, t), submit, res))
 
@@ -300,7 +305,7 @@ class _Driver:
         return f"export {name or ckpt.stem} {self.plan[p][0]} {self.plan[p][1]}"
 
     def _add(self, job: _Job) -> None:
-        self.pending[job.submit()] = job
+        self.pending[job.submit(job.attempt_key)] = job
 
     # the loop
     def run(self) -> RayRun:
@@ -329,10 +334,11 @@ class _Driver:
         try:
             value = self.ray.get(ref)
         except RayTaskError as exc:  # a bug or an unexpected error inside the task: its rows say which
-            self._fail(job, f"failed on {self.started.get(job.key, '?')[:8]}: {_one_line(exc)}")
+            self._fail(job, f"failed on {self.started.get(job.attempt_key, '?')[:8]}: {_one_line(exc)}")
             return
         except RayError as exc:  # the worker or its node was lost
-            node = self._refresh_started().get(job.key, "")
+            node = self._refresh_started().get(job.attempt_key, "")
+            self.failed_keys.add(job.attempt_key)
             job.lost_on.append(node[:8] or "?")
             reason = f"worker lost on node {node[:8] or '?'} ({type(exc).__name__})"
             if job.attempts < 2 and (job.resource is None or _Nodes.now().holders(job.resource)):
@@ -364,7 +370,7 @@ class _Driver:
             self.done[job.slot] = (lat, failure, node)
 
     def _fail(self, job: _Job, reason: str) -> None:
-        self.failed_keys.add(job.key)
+        self.failed_keys.add(job.attempt_key)
         if len(job.slot) == 2:
             m, p = job.slot
             self.exported[job.slot] = self._placeholder(m, p, f"export {reason}")
@@ -404,14 +410,15 @@ class _Driver:
             counts.setdefault(where, [0, 0, 0, 0])[i] += 1
 
         for job in self.pending.values():
-            node = started.get(job.key)
+            node = started.get(job.attempt_key)
             if node:
                 bump(self.nodes.label(node), 1)
             else:
                 holders = self.nodes.holders(job.resource) if job.resource else []
                 bump(self.nodes.label(holders[0]) if len(holders) == 1 else "any node", 0)
+        pending = {j.attempt_key for j in self.pending.values()}
         for key, node in started.items():
-            if not any(j.key == key for j in self.pending.values()):
+            if key not in pending:
                 bump(self.nodes.label(node), 3 if key in self.failed_keys else 2)
         line = " | ".join(f"{w}: {q} queued, {r} running, {d} done, {f} failed"
                           for w, (q, r, d, f) in sorted(counts.items()))
