@@ -12,7 +12,7 @@ Artifacts per model, batch 1:
 - Core ML is listed, not timed: its runtime exists on macOS only.
 
 For each thread count (onnxruntime intra-op threads, LiteRT num_threads, torch.set_num_threads) all artifacts of
-a model are warmed up, then timed in interleaved rounds (``edgerep.metrics.interleaved_times``): this machine is
+a model are warmed up, then timed in interleaved rounds (``edgerep.proof.metrics.interleaved_times``): this machine is
 shared and noisy, and interleaving makes the ratios within one run meaningful even when absolute times drift.
 Ratios: deploy / train latency per export path, int8 speed-up (fp32 / int8) per runtime, and edgerep's ONNX
 artifact / a plain ``torch.onnx.export`` of the same deploy model. The load average is recorded per group.
@@ -48,10 +48,10 @@ from torch import nn
 from edgerep.backends import ExportRequest, get_backend
 from edgerep.checkpoints.load import load_model
 from edgerep.defaults import DEFAULT_MODEL, default_images_dir, default_model_path, default_preprocess
+from edgerep.export.manifest import tool_versions
 from edgerep.images import Preprocess, list_images, load_images
-from edgerep.manifest import tool_versions
-from edgerep.metrics import interleaved_times
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.metrics import interleaved_times
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.zoo import create_model, get_spec
 

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.reparam.blocks.acb import ACBlock
 from edgerep.reparam.blocks.cmb import CircularMaskBlock

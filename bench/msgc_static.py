@@ -8,7 +8,7 @@ masks are chosen on calibration photos (even-numbered files of the folder); agre
 form is measured on the other, held-out photos: relative output error, mean cosine, top-1 agreement, and
 how many per-image gate decisions the fixed masks reproduce. MACs are those executed (edgerep's aten-level
 count of the form that runs), not mask averages. Latency: batch 1, median of interleaved runs, one thread,
-torch eager and onnxruntime (each ONNX file validated by edgerep.export against its torch form first).
+torch eager and onnxruntime (each ONNX file validated by edgerep.export.pipeline against its torch form first).
 Timings on a shared machine are noisy: compare forms within one run, not across runs.
 """
 
@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgerep.api import preprocess_of
+from edgerep.checkpoints import preprocess_of
 from edgerep.checkpoints.load import load_model
 from edgerep.images import list_images, load_images
-from edgerep.metrics import count_macs, count_params, interleaved_times
 from edgerep.msgc import calibrate, select_channels, to_dynamic, to_static
-from edgerep.numerics import output_error
+from edgerep.proof.metrics import count_macs, count_params, interleaved_times
+from edgerep.proof.numerics import closeness, output_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEREP_SHARED", ROOT.parent / "shared"))
@@ -58,14 +58,13 @@ def gate_agreement(kept: list[list[torch.Tensor]], heldout: list) -> tuple[float
 def compare(reference: torch.Tensor, out: torch.Tensor) -> dict:
     """Agreement of ``out`` with ``reference``; ``centered_cosine`` leaves out the reference's mean over the
     images, so a form that outputs a constant near that mean scores ~0 there however high its ``cosine``."""
-    ref, o = reference.double(), out.double()
-    mean = ref.mean(0, keepdim=True)
-    cosine = nn.functional.cosine_similarity
+    mean = reference.mean(0, keepdim=True)
+    near = closeness(reference, out)
     return {
         "rel": output_error(reference, out).rel,
-        "cosine": cosine(ref, o, dim=1).mean().item(),
-        "centered_cosine": cosine(ref - mean, o - mean, dim=1).mean().item(),
-        "top1_agreement": (reference.argmax(1) == out.argmax(1)).double().mean().item(),
+        "cosine": near.cosine,
+        "centered_cosine": closeness(reference - mean, out - mean).cosine,
+        "top1_agreement": near.top1,
     }
 
 
@@ -121,7 +120,7 @@ def onnx_latency(forms: dict[str, nn.Module], images: torch.Tensor, out_dir: Pat
     """Export each form to ONNX (validated on 16 of ``images``), then time onnxruntime on one image, one thread."""
     import onnxruntime as ort
 
-    from edgerep.export import export
+    from edgerep.export.pipeline import export
 
     pre = preprocess_of(MODEL)
     sessions, info = {}, {}

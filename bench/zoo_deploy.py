@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from edgerep.metrics import count_macs, count_nodes, count_params
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.metrics import count_macs, count_nodes, count_params
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.zoo import create_model, get_spec, list_models
 

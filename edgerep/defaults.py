@@ -1,17 +1,16 @@
 """Where the embedded default lives: a small trained model and a few real images shipped in the package.
 
-They let ``edgerep deploy`` (and export/eval) run with no arguments on a fresh machine. Paths are
-found with ``importlib.resources`` so they work from an installed wheel as well as from a checkout.
+They let ``edgerep deploy`` (and export/eval) run with no arguments on a fresh machine; ``edgerep.resources`` finds
+them in a checkout and in an installed wheel alike.
 """
 
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
-from .errors import BadInputError
 from .images import Preprocess
+from .resources import shipped_file
 
 DEFAULT_MODEL = "repghostnet_050"
 _MODEL_FILE = f"models/{DEFAULT_MODEL}_cifar10.pt"
@@ -26,17 +25,17 @@ def default_model_name() -> str:
 
 def default_model_path() -> Path:
     """The shipped train-form checkpoint (fp16 values, edgerep checkpoint layout, CIFAR-10 labels)."""
-    return _data_file(_MODEL_FILE)
+    return shipped_file(_MODEL_FILE)
 
 
 def default_recipe_path() -> Path:
     """The JSON beside the checkpoint: how it was trained and the top-1 it reached."""
-    return _data_file(_RECIPE_FILE)
+    return shipped_file(_RECIPE_FILE)
 
 
 def default_images_dir() -> Path:
     """200 CIFAR-10 test images, one subfolder per class (label order = sorted folder names)."""
-    return _data_file(_IMAGES_DIR)
+    return shipped_file(_IMAGES_DIR)
 
 
 def default_recipe() -> dict:
@@ -49,21 +48,3 @@ def default_preprocess() -> Preprocess:
     return Preprocess.from_dict(default_recipe()["preprocess"])
 
 
-def _data_file(rel: str) -> Path:
-    """``edgerep/data/<rel>`` from the installed package, else from the source tree next to this file."""
-    candidates = []
-    try:
-        root = resources.files("edgerep").joinpath("data")
-        # A zipped install has no real path; the source-tree fallback covers every other case.
-        if isinstance(root, Path):
-            candidates.append(root / rel)
-    except (ModuleNotFoundError, TypeError):
-        pass
-    candidates.append(Path(__file__).resolve().parent / "data" / rel)
-    for path in candidates:
-        if path.exists():
-            return path
-    raise BadInputError(
-        f"edgerep's shipped data file data/{rel} is missing (looked in {', '.join(map(str, candidates))});"
-        " reinstall edgerep, or pass the model/images explicitly"
-    )

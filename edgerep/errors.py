@@ -37,6 +37,17 @@ class VerificationError(EdgerepError):
         self.report = report
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C after some outputs were finished: the message names those kept (each complete, written atomically)."""
+
+    def __init__(self, kept: list[str]) -> None:
+        self.kept = kept
+        super().__init__(
+            f"kept {len(kept)} finished and validated: {', '.join(kept)}; the one in progress was not written"
+            if kept else "nothing was written"
+        )
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or raise a one-line hint naming the extra that provides it."""
     import importlib

@@ -113,6 +113,15 @@ class Batch:
     images: Tensor
     labels: Tensor | None
     files: list[Path]
+    classes: list[str] | None = None  # class folder names, indexed by ``labels``
+
+
+def evenly_spaced(n: int, limit: int) -> list[int]:
+    """Indices of at most ``limit`` items spread evenly over ``n`` (all of them when ``limit`` is 0)."""
+    if not limit or n <= limit:
+        return list(range(n))
+    step = n / limit
+    return [int(i * step) for i in range(limit)]
 
 
 def list_images(source: ImageSource) -> ImageList:
@@ -137,9 +146,52 @@ def read_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return _resize_crop(np.asarray(im.convert("RGB")), pre)
+            return _resize_crop(to_rgb8(im), pre)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise BadInputError(f"cannot read image {path} ({exc}); remove or replace the file") from None
+
+
+# Pillow's modes for one channel of more than 8 bits: 16-bit PNG / TIFF ("I;16*") and 16-bit PGM ("I").
+_WIDE_GREY = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def to_rgb8(im: Image.Image) -> np.ndarray:
+    """Any Pillow image as (H, W, 3) uint8 RGB, scaling instead of clipping.
+
+    ``Image.convert("RGB")`` clips 16-bit greys to white (a mid-grey 16-bit PNG would read as 255); here they are
+    scaled by 255/65535, as 8-bit = round(16-bit / 257). Float greys ("F") are taken as [0, 1] when every value is
+    within it, else as [0, 255]. Palette images with transparency go through RGBA (Pillow warns otherwise); as in
+    the usual training loaders, alpha is dropped (the stored colours are kept) and CMYK / YCbCr / LA use Pillow's
+    own conversion.
+    """
+    if im.mode in _WIDE_GREY or im.mode == "F":
+        grey = np.asarray(im, dtype=np.float64)
+        if im.mode in _WIDE_GREY:
+            grey = grey / 257.0
+        elif grey.size and np.nanmax(grey) <= 1.0:
+            grey = grey * 255.0
+        grey = np.clip(np.nan_to_num(np.round(grey)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if im.mode in ("P", "PA") and (im.mode == "PA" or "transparency" in im.info):
+        im = im.convert("RGBA")
+    return np.asarray(im.convert("RGB"))
+
+
+def match_classes(classes: Sequence[str], labels: Sequence[str], source: object, model: str) -> list[int]:
+    """Class folder index -> the model's output index, matching folder names to the model's labels by name.
+
+    A folder holding some of the classes (``cat/``, ``dog/``) must not be labelled by its sorted position;
+    a folder name that is not a label is an error naming it.
+    """
+    unknown = [c for c in classes if c not in labels]
+    if unknown:
+        shown = ", ".join(unknown[:4]) + (f" (+{len(unknown) - 4} more)" if len(unknown) > 4 else "")
+        some = ", ".join(labels[:6]) + (", ..." if len(labels) > 6 else "")
+        raise BadInputError(
+            f"class folders {shown} in {source} are not labels of {model} ({some}); name the folders"
+            " after the model's labels"
+        )
+    return [list(labels).index(c) for c in classes]
 
 
 def normalize(images: Tensor, pre: Preprocess) -> Tensor:
@@ -183,11 +235,12 @@ def load_images(
         if raw:
             raise BadInputError(f"{source}: raw=True is for image files; an .npz is loaded normalized")
         return load_npz(source, pre)
-    batches = list(iter_batches(source, pre, 256, raw=raw, progress=progress))
+    items = source if isinstance(source, ImageList) else list_images(source)
+    batches = list(iter_batches(items, pre, 256, raw=raw, progress=progress))
     if not batches:
         raise BadInputError("no images to load (the image list is empty)")
     labels = None if batches[0].labels is None else torch.cat([b.labels for b in batches])
-    return Batch(torch.cat([b.images for b in batches]), labels, [f for b in batches for f in b.files])
+    return Batch(torch.cat([b.images for b in batches]), labels, [f for b in batches for f in b.files], items.classes)
 
 
 def load_npz(path: str | os.PathLike, pre: Preprocess | None = None) -> Batch:
@@ -238,6 +291,16 @@ def load_npz(path: str | os.PathLike, pre: Preprocess | None = None) -> Batch:
 
 
 def _list_folder(root: Path) -> ImageList:
+    try:
+        return _scan_folder(root)
+    except OSError as exc:  # e.g. a folder without read permission
+        where = exc.filename or root
+        raise BadInputError(
+            f"cannot read image folder {where} ({exc.strerror or exc}); check its permissions or choose another folder"
+        ) from None
+
+
+def _scan_folder(root: Path) -> ImageList:
     if not root.exists():
         raise BadInputError(f"image folder {root} does not exist; check the path")
     if not root.is_dir():

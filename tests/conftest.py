@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.zoo import create_model
 

@@ -15,7 +15,7 @@ from torch import nn
 from edgerep.backends import get_backend
 from edgerep.backends.base import UnsupportedLayerError, conversion_error, locate_op, op_key
 from edgerep.errors import BadInputError, MissingDependencyError
-from edgerep.targets import get_target
+from edgerep.export.targets import get_target
 
 
 def _net() -> nn.Module:

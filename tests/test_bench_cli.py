@@ -12,7 +12,7 @@ from edgerep.cli import main
 def test_bench_shipped_model_writes_table_and_plot(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("matplotlib")
-    code = main(["bench", "--targets", "onnx", "--precisions", "fp32", "--devices", "host,pixel4",
+    code = main(["bench", "--target", "onnx", "--precision", "fp32", "--device", "host,pixel4",
                  "-o", str(tmp_path), "--json"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
@@ -26,9 +26,9 @@ def test_bench_shipped_model_writes_table_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--devices", "nokia3310"], "unknown device 'nokia3310'"),
+        (["--device", "nokia3310"], "unknown device 'nokia3310'"),
         (["--threads", "0"], "--threads '0'"),
-        (["--precisions", "int3"], "int3"),
+        (["--precision", "int3"], "int3"),
         (["not_a_model"], "unknown model 'not_a_model'"),
     ],
 )

@@ -11,8 +11,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import export as bench  # noqa: E402
 
-from edgerep.metrics import interleaved_times  # noqa: E402
-from edgerep.numerics import randomize_bn  # noqa: E402
+from edgerep.proof.metrics import interleaved_times  # noqa: E402
+from edgerep.proof.numerics import randomize_bn  # noqa: E402
 from edgerep.reparam import reparameterize  # noqa: E402
 from edgerep.reparam.blocks.repvgg import RepVGGBlock  # noqa: E402
 

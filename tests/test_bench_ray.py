@@ -41,7 +41,7 @@ def data(tmp_path_factory) -> dict:
 
 def test_without_ray_one_line_install_hint(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
-    code, _, err = run_cli(capsys, "bench", "--ray", "--devices", "pixel4", "-o", str(tmp_path))
+    code, _, err = run_cli(capsys, "bench", "--ray", "--device", "pixel4", "-o", str(tmp_path))
     assert code == 2 and 'pip install "edgerep[ray]"' in one_error_line(err)
     assert not list(tmp_path.glob("tradeoff.*"))
 
@@ -50,7 +50,7 @@ def test_without_ray_one_line_install_hint(tmp_path, capsys, monkeypatch):
                                               ("no-port-here", "give auto or the head's HOST:PORT")])
 def test_bad_address_exits_2_fast(tmp_path, capsys, address, message):
     pytest.importorskip("ray")
-    code, _, err = run_cli(capsys, "bench", "--ray", address.format(port=_free_port()), "--devices", "pixel4",
+    code, _, err = run_cli(capsys, "bench", "--ray", address.format(port=_free_port()), "--device", "pixel4",
                            "-o", str(tmp_path))
     assert code == 2 and message in one_error_line(err)
     assert not list(tmp_path.glob("tradeoff.*"))
@@ -89,7 +89,7 @@ def bare_cluster(tmp_path_factory):
 
 
 def test_device_no_node_has_is_refused_before_work(bare_cluster, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "bench", "--ray", bare_cluster.address, "--devices", "adb:R58M123",
+    code, _, err = run_cli(capsys, "bench", "--ray", bare_cluster.address, "--device", "adb:R58M123",
                            "-o", str(tmp_path))
     line = one_error_line(err)
     assert code == 2 and "no node of the Ray cluster advertises 'device:adb:R58M123'" in line
@@ -98,8 +98,8 @@ def test_device_no_node_has_is_refused_before_work(bare_cluster, tmp_path, capsy
 
 
 def test_worker_without_the_runtime_exits_2_with_the_reason(bare_cluster, data, tmp_path, capsys):
-    code, _, err = run_cli(capsys, "bench", "--ray", bare_cluster.address, "--targets", "onnx", "--precisions",
-                           "fp32", "--devices", "host", "--images", str(data["images"]), "-o", str(tmp_path))
+    code, _, err = run_cli(capsys, "bench", "--ray", bare_cluster.address, "--target", "onnx", "--precision",
+                           "fp32", "--device", "host", "--images", str(data["images"]), "-o", str(tmp_path))
     line = [x for x in err.splitlines() if x.startswith("error: ")]
     assert code == 2 and len(line) == 1, err
     assert "nothing could run on the Ray cluster: export failed on" in line[0]
@@ -134,8 +134,8 @@ def test_cluster_rows_equal_single_process_rows(cluster, sshd, data, tmp_path, c
                        images=data["images"], calibration=data["calib"])
     out = tmp_path / "ray"
     code, stdout, err = run_cli(
-        capsys, "bench", *model_specs(), "--targets", "onnx,tflite", "--precisions", "fp32,int8",
-        "--devices", f"host,{sshd['url']},pixel4", "--images", str(data["images"]), "--calib", str(data["calib"]),
+        capsys, "bench", *model_specs(), "--target", "onnx,tflite", "--precision", "fp32,int8",
+        "--device", f"host,{sshd['url']},pixel4", "--images", str(data["images"]), "--calib", str(data["calib"]),
         "-o", str(out), "--ray", cluster.address, "--json", *_ssh_args(sshd))
     assert code == 0, err
     rows = json.loads(stdout)

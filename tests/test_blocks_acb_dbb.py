@@ -1,15 +1,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, conv_out_size, dilations, spatial
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.reparam.blocks.acb import ACBlock
 from edgerep.reparam.blocks.base import ReparamBlock
 from edgerep.reparam.blocks.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
-from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, conv_out_size, dilations, spatial
 
 
 @given(

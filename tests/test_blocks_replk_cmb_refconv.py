@@ -3,13 +3,13 @@ from unittest import mock
 
 import pytest
 import torch
+from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, conv_out_size, dilations, spatial
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from edgerep.reparam.blocks.cmb import CircularMaskBlock, circular_mask, default_radii
 from edgerep.reparam.blocks.refconv import RefConv
 from edgerep.reparam.blocks.replk import ReparamLargeKernelConv
-from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, conv_out_size, dilations, spatial
 
 
 @given(

@@ -7,12 +7,12 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REL_TOL_FP64, STRIDES, assert_fuses_exactly, dilations, spatial
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import REL_TOL_FP64, STRIDES, assert_fuses_exactly, dilations, spatial
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.reparam.blocks.base import ConvBN, FusedConv, ReparamBlock
 from edgerep.reparam.blocks.repmlp import PatchFC, RepMLPBlock

@@ -14,9 +14,8 @@ import torch
 from conftest import one_error_line, run_cli
 
 from edgerep import defaults
-from edgerep.checkpoints import load_model, save_checkpoint
-from edgerep.checkpoints.io import read_checkpoint
-from edgerep.gate import BASELINE_FORMAT
+from edgerep.accuracy.gate import BASELINE_FORMAT
+from edgerep.checkpoints import Checkpoint, load_model, save_checkpoint
 
 PROJECT_BASELINE = Path(__file__).resolve().parents[1] / ".ci" / "accuracy-baseline.json"
 MODEL = "repghostnet_050"
@@ -188,7 +187,7 @@ def test_update_writes_a_baseline_that_then_passes_and_keeps_row_tolerances(caps
 
 def perturbed_checkpoint(path: Path) -> Path:
     """The shipped model with 10% Gaussian noise on every conv weight: still runs, clearly less accurate."""
-    obj = read_checkpoint(defaults.default_model_path())
+    obj = Checkpoint.open(defaults.default_model_path()).obj
     model, _ = load_model(MODEL, obj)
     model = model.float()
     gen = torch.Generator().manual_seed(0)
@@ -221,14 +220,14 @@ def test_shipped_checkpoint_passes_and_a_perturbed_one_fails_the_project_baselin
 def test_a_broken_onnx_export_fails_the_project_gate(capsys, tmp_path) -> None:
     """export -> eval -> check, as .ci/run does, on a perturbed model: exit 1 on top-1 and on agreement."""
     from edgerep.api import deploy
-    from edgerep.export import export
+    from edgerep.export.pipeline import export
 
     noisy = perturbed_checkpoint(tmp_path / "noisy.pt")
     model, _ = load_model(MODEL, noisy)
     deployed, _ = deploy(model, name=MODEL, input_size=(3, 32, 32), latency=False)
     art = export(deployed, name=MODEL, target="onnx", precision="fp32", input_size=(3, 32, 32),
                  output_dir=tmp_path / "out", preprocess=defaults.default_preprocess(),
-                 labels=read_checkpoint(noisy)["meta"]["labels"], source=noisy, options={"exporter": "torchscript"})
+                 labels=Checkpoint.open(noisy).obj["meta"]["labels"], source=noisy, options={"exporter": "torchscript"})
     res = tmp_path / "results.json"
     code, _, _ = run_cli(capsys, "eval", str(art.artifact), "--reference", str(defaults.default_model_path()),
                      "-o", str(res))

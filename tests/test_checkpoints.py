@@ -8,14 +8,15 @@ import re
 
 import pytest
 import torch
+from conftest import REL_TOL_FP32, REL_TOL_FP64, meta_model, shared_path
 
 from edgerep.checkpoints.layouts import detect_form, detect_layout, get_layout
-from edgerep.checkpoints.load import LoadInfo, load_model, save_checkpoint, sha256_file
+from edgerep.checkpoints.load import LoadInfo, load_model, save_checkpoint
 from edgerep.errors import BadInputError, CheckpointError
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.fileio import sha256_path
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.zoo import create_model, list_models
-from conftest import REL_TOL_FP32, meta_model, shared_path
 
 
 def to_original(sd: dict) -> dict:
@@ -57,7 +58,7 @@ def test_fixture_computes_what_its_source_computes(fixture, layout):
     path = shared_path("fixtures", "checkpoints", fixture)
     ref = torch.load(path, weights_only=True)
     auto, info = load_model("repvgg_a0", path)
-    assert info == LoadInfo(path, sha256_file(path), layout, "train", 1000, "repvgg_a0")
+    assert info == LoadInfo(path, sha256_path(path), layout, "train", 1000, "repvgg_a0")
     explicit, info2 = load_model("repvgg_a0", path, layout=layout, form="train")
     assert info2 == info and not auto.training
     with torch.no_grad():
@@ -134,18 +135,18 @@ def test_deploy_checkpoint_round_trip(tmp_path, a0, a0_deployed):
                                                "layout": "timm", "edgerep": None, "note": "x"}
     assert detect_layout(raw) == "edgerep" and detect_form(raw) == "deploy"
     model, info = load_model("repvgg_a0", path)
-    assert info == LoadInfo(path, sha256_file(path), "edgerep", "deploy", 10, "repvgg_a0")
+    assert info == LoadInfo(path, sha256_path(path), "edgerep", "deploy", 10, "repvgg_a0")
     assert load_model("repvgg_a0", path, layout="timm")[1].layout == "timm", "edgerep files are timm-named"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), a0_deployed(x), rtol=0, atol=0)
     save_checkpoint(tmp_path / "again.pt", a0_deployed, model="repvgg_a0", extra={"note": "x"})
-    assert sha256_file(tmp_path / "again.pt") == info.sha256, "same weights, same bytes"
+    assert sha256_path(tmp_path / "again.pt") == info.sha256, "same weights, same bytes"
 
 
 def test_failed_save_leaves_the_old_file(tmp_path, a0, monkeypatch):
     path = save_checkpoint(tmp_path / "a0.pt", a0, model="repvgg_a0")
-    before = sha256_file(path)
+    before = sha256_path(path)
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -154,7 +155,7 @@ def test_failed_save_leaves_the_old_file(tmp_path, a0, monkeypatch):
     with pytest.raises(CheckpointError, match="No space left") as exc:
         save_checkpoint(path, reparameterize(a0), model="repvgg_a0")
     one_line_error(exc)
-    assert sha256_file(path) == before and [p.name for p in tmp_path.iterdir()] == ["a0.pt"]
+    assert sha256_path(path) == before and [p.name for p in tmp_path.iterdir()] == ["a0.pt"]
 
 
 # --- errors: one line, with the fix ---------------------------------------------------------------
@@ -163,8 +164,8 @@ def test_failed_save_leaves_the_old_file(tmp_path, a0, monkeypatch):
 def test_wrong_layout(a0):
     with pytest.raises(CheckpointError, match=r"in the original layout \(keys like stage0\.") as exc:
         load_model("repvgg_a0", to_original(a0.state_dict()), layout="timm")
-    assert "--layout original" in one_line_error(exc)
-    with pytest.raises(CheckpointError, match="not an edgerep file.*--layout timm") as exc:
+    assert "--checkpoint-layout original" in one_line_error(exc)
+    with pytest.raises(CheckpointError, match="not an edgerep file.*--checkpoint-layout timm") as exc:
         load_model("repvgg_a0", a0.state_dict(), layout="edgerep")
     one_line_error(exc)
     with pytest.raises(CheckpointError, match="unknown checkpoint layout 'keras'.*original") as exc:
@@ -239,3 +240,25 @@ def test_truncated_file_is_named(tmp_path, a0):
     with pytest.raises(CheckpointError, match=message) as exc:
         load_model("repvgg_a0", path)
     one_line_error(exc)
+
+
+@pytest.mark.parametrize("variant", ["s0", pytest.param("s4", marks=pytest.mark.slow)])
+def test_original_mobileone_checkpoint_loads_and_fuses(variant):
+    """apple/ml-mobileone keys (stage0.rbr_conv.0.conv.weight, rbr_scale, rbr_skip, se, linear), random weights."""
+    from original_mobileone import OriginalMobileOne
+
+    torch.manual_seed(0)
+    original = randomize_bn(OriginalMobileOne(variant, num_classes=10)).eval()
+    sd = original.state_dict()
+    assert "stage0.rbr_conv.0.conv.weight" in sd and detect_layout(sd, "mobileone") == "original"
+    model, info = load_model(f"mobileone_{variant}", sd)
+    assert (info.layout, info.form, info.num_classes) == ("original", "train", 10)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        if variant == "s0":  # S4 with random BN statistics is ill-conditioned in fp32 (see test_zoo_deploy.py)
+            ref = original(x)
+            assert output_error(ref, model(x)).rel <= REL_TOL_FP32
+            assert output_error(ref, reparameterize(model)(x)).rel <= REL_TOL_FP32
+        ref, x = original.double()(x.double()), x.double()
+        assert output_error(ref, model.double()(x)).rel <= REL_TOL_FP64
+        assert output_error(ref, reparameterize(model)(x)).rel <= REL_TOL_FP64

@@ -1,13 +1,13 @@
 import pytest
 import torch
+from conftest import REL_TOL_FP32
 from torch import nn
 
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import convert_convs, count_blocks, reparameterize
 from edgerep.reparam.blocks.acb import ACBlock
 from edgerep.reparam.blocks.refconv import RefConv
 from edgerep.zoo import resnet
-from conftest import REL_TOL_FP32
 
 BLOCK_CLASSES = {"acb": "ACBlock", "dbb": "DiverseBranchBlock", "cmb": "CircularMaskBlock", "refconv": "RefConv"}
 

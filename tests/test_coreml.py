@@ -19,16 +19,17 @@ ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pi
 
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
-from edgerep.api import preprocess_of  # noqa: E402
 from edgerep.backends.base import ExportRequest, UnsupportedLayerError  # noqa: E402
 from edgerep.backends.coreml import BACKEND, _share_concat_ranges, activation_ranges  # noqa: E402
 from edgerep.backends.mil_eval import SUPPORTED_OPS, MilEvaluator, UnsupportedOpError  # noqa: E402
-from edgerep.checkpoints import load_model  # noqa: E402
-from edgerep.checkpoints.io import read_checkpoint  # noqa: E402
+from edgerep.checkpoints import (
+    Checkpoint,  # noqa: E402
+    load_model,  # noqa: E402
+    )
 from edgerep.defaults import default_images_dir, default_model_path  # noqa: E402
 from edgerep.errors import BadInputError  # noqa: E402
 from edgerep.images import list_images, load_images  # noqa: E402
-from edgerep.numerics import randomize_bn  # noqa: E402
+from edgerep.proof.numerics import randomize_bn  # noqa: E402
 from edgerep.reparam import reparameterize  # noqa: E402
 from edgerep.zoo import create_model  # noqa: E402
 
@@ -65,7 +66,7 @@ def _tame(model: nn.Module, x: torch.Tensor) -> nn.Module:
 @pytest.fixture(scope="module")
 def shipped() -> tuple[nn.Module, torch.Tensor]:
     model, _ = load_model("repghostnet_050", default_model_path())
-    pre = preprocess_of("repghostnet_050", read_checkpoint(default_model_path()))
+    pre = Checkpoint.open(default_model_path()).preprocess("repghostnet_050")
     files = list_images(default_images_dir()).files[::12]  # 17 photos over all classes
     return reparameterize(model).eval(), load_images(files, pre).images
 

@@ -17,12 +17,11 @@ from conftest import one_error_line, run_cli
 from torch import nn
 
 from edgerep import defaults
-from edgerep.checkpoints import load_model, save_checkpoint
-from edgerep.checkpoints.io import read_checkpoint
+from edgerep.accuracy.evaluate import Reference, Subject, evaluate, open_data, open_subject
+from edgerep.checkpoints import Checkpoint, load_model, save_checkpoint
 from edgerep.cli import main
 from edgerep.errors import BadInputError
-from edgerep.evaluate import Reference, Subject, evaluate, open_data, open_subject
-from edgerep.export import export
+from edgerep.export.pipeline import export
 from edgerep.images import load_images
 from edgerep.reparam import reparameterize
 
@@ -68,7 +67,7 @@ def artifacts(tmp_path_factory, tiny) -> dict[str, Path]:
     found = {"onnx": onnx.artifact}
     if _has("litert_torch") and _has("ai_edge_litert"):
         tfl = export(tiny, name="tiny", target="tflite", input_size=(3, 32, 32), output_dir=out, preprocess=PRE,
-                     labels=LABELS, layout="nhwc")
+                     labels=LABELS, input_layout="nhwc")
         found["tflite"] = tfl.artifact
     return found
 
@@ -106,7 +105,7 @@ def test_shipped_checkpoint_scores_the_accuracy_its_recipe_records() -> None:
 
 def test_deploy_form_checkpoint_agrees_with_the_train_form(photos, tmp_path) -> None:
     train = open_subject(defaults.default_model_path())
-    obj = read_checkpoint(defaults.default_model_path())
+    obj = Checkpoint.open(defaults.default_model_path()).obj
     model, _ = load_model("repghostnet_050", obj)
     meta = {k: v for k, v in obj["meta"].items() if k in ("input_size", "mean", "std", "labels", "crop_pct")}
     path = save_checkpoint(tmp_path / "deploy.pt", reparameterize(model.float()), model="repghostnet_050", extra=meta)
@@ -178,7 +177,7 @@ def test_npz_of_raw_pixels_scores_like_the_folder(artifacts, photos, truth, tmp_
 
 def test_cli_evaluates_a_folder_of_artifacts_into_one_table_and_json(capsys, artifacts, photos, tmp_path) -> None:
     folder = artifacts["onnx"].parent
-    code, out, _ = run_cli(capsys, "eval", str(folder), "--data", str(photos))
+    code, out, _ = run_cli(capsys, "eval", str(folder), "--images", str(photos))
     assert code == 0
     for p in artifacts.values():
         assert p.name in out
@@ -187,7 +186,7 @@ def test_cli_evaluates_a_folder_of_artifacts_into_one_table_and_json(capsys, art
     results = tmp_path / "results.json"
     # a manifest stands for its artifact: a shell glob over the folder evaluates each artifact once
     globbed = sorted(str(p) for p in folder.iterdir())
-    code, out, _ = run_cli(capsys, "eval", *globbed, "--data", str(photos), "--json", "-o", str(results))
+    code, out, _ = run_cli(capsys, "eval", *globbed, "--images", str(photos), "--json", "-o", str(results))
     assert code == 0
     doc = json.loads(out)
     assert doc == json.loads(results.read_text())
@@ -198,7 +197,7 @@ def test_cli_evaluates_a_folder_of_artifacts_into_one_table_and_json(capsys, art
 
 def test_cli_reference_gives_agreement_of_a_checkpoint(capsys, photos, tmp_path) -> None:
     ship = str(defaults.default_model_path())
-    code, out, _ = run_cli(capsys, "eval", ship, "--data", str(photos), "--reference", ship, "--json")
+    code, out, _ = run_cli(capsys, "eval", ship, "--images", str(photos), "--reference", ship, "--json")
     assert code == 0
     row = json.loads(out)["results"][0]
     assert row["agreement"]["top1"] == 1.0 and row["agreement"]["reference_top1"] == row["top1"]
@@ -209,15 +208,15 @@ def test_cli_reference_gives_agreement_of_a_checkpoint(capsys, photos, tmp_path)
 
 def test_empty_or_unreadable_data_is_one_line(capsys, tmp_path) -> None:
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(capsys, "eval", "--data", str(tmp_path / "empty"), "--json")
+    code, _, err = run_cli(capsys, "eval", "--images", str(tmp_path / "empty"), "--json")
     assert code == 2 and "contains no images" in one_error_line(err)
     broken = tmp_path / "broken" / "cat"
     broken.mkdir(parents=True)
     (broken / "0000.jpg").write_bytes(b"not a jpeg")
-    code, _, err = run_cli(capsys, "eval", "--data", str(tmp_path / "broken"), "--json")
+    code, _, err = run_cli(capsys, "eval", "--images", str(tmp_path / "broken"), "--json")
     assert code == 2 and "cannot read image" in one_error_line(err) and "0000.jpg" in err
     (tmp_path / "bad.npz").write_bytes(b"garbage")
-    code, _, err = run_cli(capsys, "eval", "--data", str(tmp_path / "bad.npz"), "--json")
+    code, _, err = run_cli(capsys, "eval", "--images", str(tmp_path / "bad.npz"), "--json")
     assert code == 2 and "cannot read npz" in one_error_line(err)
 
 
@@ -226,7 +225,7 @@ def test_class_folders_that_are_not_labels_are_named(capsys, photos, tmp_path) -
     shutil.copytree(photos, data)
     shutil.copytree(photos / "cat", data / "zebra")
     shutil.copytree(photos / "dog", data / "Dog")
-    code, _, err = run_cli(capsys, "eval", "--data", str(data), "--json")
+    code, _, err = run_cli(capsys, "eval", "--images", str(data), "--json")
     line = one_error_line(err)
     assert code == 2 and "Dog, zebra" in line and "not labels of repghostnet_050" in line
 
@@ -234,13 +233,13 @@ def test_class_folders_that_are_not_labels_are_named(capsys, photos, tmp_path) -
 def test_artifact_whose_input_does_not_match_the_data(capsys, artifacts, photos, tmp_path) -> None:
     bare = tmp_path / "model-fp32.onnx"
     shutil.copy(artifacts["onnx"], bare)  # no manifest: preprocessing from the zoo spec (224 px)
-    code, _, err = run_cli(capsys, "eval", str(bare), "--model", "repghostnet_050", "--data", str(photos), "--json")
+    code, _, err = run_cli(capsys, "eval", str(bare), "--model", "repghostnet_050", "--images", str(photos), "--json")
     line = one_error_line(err)
     assert code == 2 and "takes input 3x32x32" in line and "3x224x224" in line
-    code, _, err = run_cli(capsys, "eval", str(bare), "--data", str(photos), "--json")
+    code, _, err = run_cli(capsys, "eval", str(bare), "--images", str(photos), "--json")
     assert code == 2 and "has no manifest" in one_error_line(err)
     np.savez(tmp_path / "small.npz", images=np.zeros((2, 3, 16, 16), np.float32))
-    code, _, err = run_cli(capsys, "eval", str(artifacts["onnx"]), "--data", str(tmp_path / "small.npz"), "--json")
+    code, _, err = run_cli(capsys, "eval", str(artifacts["onnx"]), "--images", str(tmp_path / "small.npz"), "--json")
     assert code == 2 and "(16, 16)" in one_error_line(err)
 
 
@@ -250,9 +249,9 @@ def test_stale_manifest_and_wrong_reference_are_refused(capsys, artifacts, photo
     man = json.loads(Path(f"{artifacts['onnx']}.json").read_text())
     man["artifact"]["sha256"] = "0" * 64
     Path(f"{art}.json").write_text(json.dumps(man))
-    code, _, err = run_cli(capsys, "eval", str(art), "--data", str(photos), "--json")
+    code, _, err = run_cli(capsys, "eval", str(art), "--images", str(photos), "--json")
     assert code == 2 and "describes another file" in one_error_line(err)
-    code, _, err = run_cli(capsys, "eval", "--reference", str(artifacts["onnx"]), "--data", str(photos), "--json")
+    code, _, err = run_cli(capsys, "eval", "--reference", str(artifacts["onnx"]), "--images", str(photos), "--json")
     assert code == 2 and "is an exported artifact" in one_error_line(err)
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "nope.onnx"), "--json")
     assert code == 2 and "does not exist" in one_error_line(err)

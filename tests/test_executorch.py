@@ -1,7 +1,7 @@
 """ExecuTorch backend (.pte, XNNPACK delegate): artifacts are run with ExecuTorch's runtime and compared with PyTorch.
 
 Small conv nets keep lowering fast; int8 is calibrated and judged on real shipped photos. One test goes through
-``edgerep.export`` (target file + backend module, nothing else), which is the design's test of a new target.
+``edgerep.export.pipeline`` (target file + backend module, nothing else), which is the design's test of a new target.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from edgerep.backends.base import ExportRequest  # noqa: E402
 from edgerep.backends.executorch import BACKEND  # noqa: E402
 from edgerep.defaults import default_images_dir  # noqa: E402
 from edgerep.errors import BadInputError  # noqa: E402
-from edgerep.export import export  # noqa: E402
+from edgerep.export.pipeline import export  # noqa: E402
+from edgerep.export.targets import get_target  # noqa: E402
 from edgerep.images import Preprocess, list_images, load_images  # noqa: E402
-from edgerep.targets import get_target  # noqa: E402
 
 PRE = Preprocess.for_input((3, 32, 32), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26), 1.0)
 
@@ -93,7 +93,7 @@ def test_int8_needs_calibration(tmp_path):
 
 
 def test_export_validates_and_writes_manifest(tmp_path, photos):
-    """The whole edgerep.export path for the new target: target file read, artifact validated, manifest written."""
+    """The whole edgerep.export.pipeline path for the new target: target file read, artifact validated, manifest written."""
     target = get_target("executorch")
     assert set(target.precisions) == {"fp32", "int8"}
     with pytest.raises(BadInputError, match="no precision 'fp16'"):

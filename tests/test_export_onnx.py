@@ -17,10 +17,10 @@ from edgerep.backends.base import UnsupportedLayerError
 from edgerep.checkpoints import load_model
 from edgerep.defaults import default_images_dir, default_model_name, default_model_path, default_preprocess
 from edgerep.errors import BadInputError, MissingDependencyError, VerificationError
-from edgerep.export import ExportWarning, export
+from edgerep.export.pipeline import ExportWarning, export
+from edgerep.fileio import sha256_path
 from edgerep.images import Preprocess
-from edgerep.manifest import sha256_path
-from edgerep.numerics import randomize_bn
+from edgerep.proof.numerics import randomize_bn
 from edgerep.reparam import reparameterize
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
 

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import REL_TOL_FP32, shared_path
 
 from edgerep.cli import main
-from conftest import REL_TOL_FP32, shared_path
 
 FIXTURES = {
     "timm_repvgg_a0.pt": ("repvgg_a0", "timm"),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ODD_KERNELS, STRIDES, dilations, grouped_channels, spatial
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from edgerep.numerics import randomize_bn
+from edgerep.proof.numerics import randomize_bn
 from edgerep.reparam.fuse import (
     KernelBias,
     add_branches,
@@ -24,7 +25,6 @@ from edgerep.reparam.fuse import (
     pad_kernel,
     scale_kernel,
 )
-from conftest import ODD_KERNELS, STRIDES, dilations, grouped_channels, spatial
 
 D = torch.float64
 TOL = dict(rtol=1e-10, atol=1e-10)

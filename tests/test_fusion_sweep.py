@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from fusion_sweep import SAMPLERS, run_sweep  # noqa: E402
-
 from conftest import REL_TOL_FP32, REL_TOL_FP64  # noqa: E402
+from fusion_sweep import SAMPLERS, run_sweep  # noqa: E402
 
 
 def _check(result: dict, configs: int) -> None:

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from edgerep import defaults
-from edgerep.api import preprocess_of
-from edgerep.checkpoints.io import load_state_dict, read_checkpoint
-from edgerep.checkpoints.load import load_model, sha256_file
+from edgerep.checkpoints import Checkpoint, load_state_dict, preprocess_of
+from edgerep.checkpoints.load import load_model
 from edgerep.errors import BadInputError
+from edgerep.fileio import sha256_path
 from edgerep.images import (
     ImageList,
     Preprocess,
@@ -292,14 +292,14 @@ def test_shipped_checkpoint_loads_and_matches_its_recipe() -> None:
     assert path.suffix == ".pt" and path.stat().st_size < 4_000_000
     sd = load_state_dict(path)
     assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
-    obj = read_checkpoint(path)
+    obj = Checkpoint.open(path).obj
     meta, recipe = obj["meta"], defaults.default_recipe()
     assert meta["model"] == recipe["model"] == defaults.default_model_name()
     assert meta["form"] == "train" and meta["num_classes"] == 10 and meta["input_size"] == [3, 32, 32]
     assert meta["labels"] == recipe["data"]["classes"] == CIFAR_CLASSES
     # The CLI derives preprocessing from the checkpoint meta: it must be what the model was trained with.
-    assert preprocess_of(meta["model"], obj) == defaults.default_preprocess()
-    assert recipe["checkpoint_sha256"] == sha256_file(path)
+    assert preprocess_of(meta["model"], meta) == defaults.default_preprocess()
+    assert recipe["checkpoint_sha256"] == sha256_path(path)
 
 
 def test_shipped_model_reproduces_its_recorded_top1() -> None:
@@ -310,3 +310,64 @@ def test_shipped_model_reproduces_its_recorded_top1() -> None:
         acc = (model(batch.images).argmax(1) == batch.labels).sum().item() / len(batch.labels)
     assert acc == pytest.approx(defaults.default_recipe()["top1"]["shipped_fp16"], abs=1e-9)
     assert acc > 0.3  # far above chance (0.1): the weights are trained, not random
+
+
+# --- every Pillow mode to 8-bit RGB: scaled, never clipped (issue 12, case 2) -------------------------------
+
+
+def test_16_bit_grey_png_is_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    grey = np.full((8, 8), 32768, np.uint16)  # mid-grey in 16 bits; Pillow's convert("RGB") reads 255
+    grey[:, :4] = 65535
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # really a 16-bit file
+    x = read_image(tmp_path / "g16.png", Preprocess(8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    assert x.dtype == np.uint8 and x.shape == (8, 8, 3)
+    assert x[:, 4:].tolist() == [[[128] * 3] * 4] * 8 and x[:, :4].min() == 255  # round(32768 / 257) = 128
+    assert abs(x.mean() - (255 + 128) / 2) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda: Image.fromarray(np.full((4, 4), 0.5, np.float32)), (128, 128, 128)),  # F in [0, 1]
+        (lambda: Image.fromarray(np.full((4, 4), 200.0, np.float32)), (200, 200, 200)),  # F in [0, 255]
+        (lambda: Image.fromarray(np.full((4, 4), 1028, np.int32), "I"), (4, 4, 4)),  # 16-bit PGM data
+        (lambda: Image.new("LA", (4, 4), (90, 0)), (90, 90, 90)),  # alpha dropped, grey kept
+        (lambda: Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),  # pure red
+    ],
+    ids=["F01", "F255", "I", "LA", "CMYK"],
+)
+def test_other_modes_become_8_bit_rgb(make, expected) -> None:
+    from edgerep.images import to_rgb8
+
+    x = to_rgb8(make())
+    assert x.dtype == np.uint8 and x.shape == (4, 4, 3) and tuple(x[0, 0]) == expected
+
+
+def test_palette_png_with_transparency_reads_its_colours_quietly(tmp_path: Path) -> None:
+    im = Image.new("P", (4, 4), 1)
+    im.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    im.save(tmp_path / "p.png", transparency=b"\x00\x80")  # per-entry alpha: Pillow warns on convert("RGB")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = read_image(tmp_path / "p.png", Preprocess(4, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+    assert tuple(x[0, 0]) == (10, 200, 30)
+
+
+def test_unreadable_image_folder_is_one_bad_input_error(tmp_path: Path, monkeypatch) -> None:
+    # Tests run as root, for whom chmod 000 changes nothing: the OS's refusal is simulated where it happens.
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real = Path.iterdir
+
+    def refuse(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    with pytest.raises(BadInputError, match=r"cannot read image folder .*locked \(Permission denied\)"):
+        list_images(folder)

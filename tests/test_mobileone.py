@@ -2,9 +2,6 @@
 
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
-
 from conftest import (
     ODD_KERNELS,
     REL_TOL_FP32,
@@ -16,7 +13,10 @@ from conftest import (
     run_timm_fixture,
     spatial,
 )
-from edgerep.numerics import output_error
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgerep.proof.numerics import output_error
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.reparam.blocks.mobileone import MobileOneBlock
 from edgerep.zoo import create_model, list_models

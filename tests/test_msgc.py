@@ -10,10 +10,10 @@ from torch import nn
 import edgerep
 from edgerep.checkpoints.layouts import get_layout
 from edgerep.errors import BadInputError
-from edgerep.metrics import count_macs
 from edgerep.msgc import GateStats, calibrate, select_channels, to_dynamic, to_static
 from edgerep.msgc.modules import StaticMSGCBlock
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.metrics import count_macs
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.zoo import create_model
 from edgerep.zoo.mobilenetv2 import Stage
 from edgerep.zoo.msgc import MaskGen, MobileNetV2MSGC
@@ -190,7 +190,7 @@ RUNTIMES = {"onnx": "onnxruntime", "tflite": "ai_edge_litert", "coreml": "coreml
 @pytest.mark.parametrize("form", ["dynamic", "static"])
 def test_export_validates(form, target, tmp_path):
     pytest.importorskip(RUNTIMES[target])
-    from edgerep.export import export
+    from edgerep.export.pipeline import export
     from edgerep.images import Preprocess
 
     model = open_gates(tiny(), 7)

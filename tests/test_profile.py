@@ -12,10 +12,17 @@ from torch import nn
 
 from edgerep.cli import main
 from edgerep.errors import BadInputError
-from edgerep.metrics import count_macs
 from edgerep.profile.graph_cost import graph_cost
 from edgerep.profile.host import profile_artifact, profile_torch
-from edgerep.profile.profiles import HOST, _profile_dir, all_profiles, get_profile, parse_profile, profile_names
+from edgerep.profile.profiles import (
+    HOST,
+    all_profiles,
+    get_profile,
+    parse_profile,
+    profile_names,
+)
+from edgerep.proof.metrics import count_macs
+from edgerep.resources import data_folder
 
 SHAPE = (3, 32, 32)
 
@@ -173,15 +180,15 @@ def test_every_shipped_profile_loads_and_cites_its_figures():
 
 
 def test_profile_schema_rejects_unsourced_or_unknown(tmp_path):
-    raw = tomllib.loads((_profile_dir() / "pixel4.toml").read_text())
+    raw = tomllib.loads((data_folder("device_profiles") / "pixel4.toml").read_text())
     del raw["calibration"][0]["source"]
     with pytest.raises(ValueError, match="no source"):
         parse_profile(raw)
-    raw = tomllib.loads((_profile_dir() / "pixel4.toml").read_text())
+    raw = tomllib.loads((data_folder("device_profiles") / "pixel4.toml").read_text())
     raw["calibration"][0]["model"] = "resnet9000"
     with pytest.raises(ValueError, match="not a reference model"):
         parse_profile(raw)
-    raw = tomllib.loads((_profile_dir() / "pixel4.toml").read_text())
+    raw = tomllib.loads((data_folder("device_profiles") / "pixel4.toml").read_text())
     del raw["memory"]["bandwidth_gbs"]
     with pytest.raises(KeyError):
         parse_profile(raw)

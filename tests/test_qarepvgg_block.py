@@ -1,9 +1,9 @@
 import pytest
 import torch
+from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, dilations, spatial
 from hypothesis import given
 
 from edgerep.reparam.blocks.qarepvgg import QARepVGGBlock
-from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, dilations, spatial
 
 # Idempotence and the deploy layout are tested with RepVGG's in test_repvgg_block.py (same deploy form).
 

@@ -15,15 +15,15 @@ from edgerep.backends import ExportRequest, get_backend
 from edgerep.checkpoints import load_model
 from edgerep.defaults import default_images_dir, default_model_name, default_model_path, default_preprocess
 from edgerep.errors import BadInputError
+from edgerep.export.targets import get_target
 from edgerep.images import load_images
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.quant import calibration, correct_bias, equalize, fakequant, prepare
 from edgerep.quant.equalize import input_channel_range
 from edgerep.quant.graph import chains, resolve_layers
 from edgerep.quant.sensitivity import format_sensitivity, layer_sensitivity
 from edgerep.reparam import reparameterize
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
-from edgerep.targets import get_target
 
 
 def _plain(widths: list[int], depthwise: list[bool], seed: int) -> nn.Sequential:

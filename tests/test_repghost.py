@@ -4,11 +4,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import REL_TOL_FP32, STRIDES, assert_fuses_exactly, meta_model, run_timm_fixture, spatial
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import REL_TOL_FP32, STRIDES, assert_fuses_exactly, meta_model, run_timm_fixture, spatial
-from edgerep.numerics import output_error
+from edgerep.proof.numerics import output_error
 from edgerep.reparam import count_blocks, reparameterize
 from edgerep.reparam.blocks.repghost import RepGhostDeploy, RepGhostModule
 from edgerep.zoo import create_model, list_models

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, dilations, spatial
 from hypothesis import given
 
 from edgerep.errors import BadInputError
@@ -7,7 +8,6 @@ from edgerep.reparam import count_blocks, reparameterize
 from edgerep.reparam.blocks.base import FusedConv, ReparamBlock
 from edgerep.reparam.blocks.qarepvgg import QARepVGGBlock
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
-from conftest import ODD_KERNELS, STRIDES, assert_fuses_exactly, block_channels, dilations, spatial
 
 
 @given(channels=block_channels(), stride=STRIDES, dilation=dilations(3), kernel=ODD_KERNELS, hw=spatial(5, 12))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgerep import targets
 from edgerep.errors import BadInputError
-from edgerep.targets import TOLERANCE_KEYS, get_target, target_names
+from edgerep.export import targets
+from edgerep.export.targets import TOLERANCE_KEYS, get_target, target_names
 
 
 def test_every_shipped_target_parses_and_its_defaults_are_allowed() -> None:
@@ -77,10 +77,33 @@ def test_tolerance_override_tightens_or_relaxes_one_key() -> None:
 
 def test_a_broken_target_file_names_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "bad.toml").write_text('name = "bad"\nsuffix = ".x"\n')  # no [precisions]
-    monkeypatch.setattr(targets, "_target_dir", lambda: tmp_path)
+    monkeypatch.setattr(targets, "data_folder", lambda _name: tmp_path)
     targets._load.cache_clear()
     try:
         with pytest.raises(BadInputError, match="bad.toml is invalid"):
             get_target("bad")
     finally:
         targets._load.cache_clear()
+
+
+@pytest.mark.parametrize("name", target_names())
+def test_each_backend_implements_exactly_what_its_target_file_lists(name: str) -> None:
+    from edgerep.backends import backend_for
+
+    target = get_target(name)
+    pytest.importorskip({"onnx": "onnxruntime", "tflite": "ai_edge_litert", "coreml": "coremltools",
+                         "executorch": "executorch"}.get(name, name))
+    backend = backend_for(target)  # raises when the code and the TOML disagree
+    assert backend.suffix == target.suffix and set(backend.precisions) == set(target.precisions)
+
+
+def test_a_target_file_that_lists_a_precision_the_code_lacks_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from edgerep.backends import backend_for
+
+    pytest.importorskip("onnxruntime")
+    onnx = get_target("onnx")
+    extra = replace(onnx, precisions={**onnx.precisions, "int4": onnx.precisions["int8"]})
+    with pytest.raises(RuntimeError, match="lists precisions .*int4.* implements"):
+        backend_for(extra)

@@ -20,18 +20,19 @@ from torch import nn
 pytest.importorskip("litert_torch", reason="litert-torch is not installed (pip install 'edgerep[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="ai-edge-litert is not installed (pip install 'edgerep[tflite]')")
 
-from edgerep.api import preprocess_of  # noqa: E402
 from edgerep.backends import get_backend  # noqa: E402
 from edgerep.backends.base import ExportRequest, UnsupportedLayerError  # noqa: E402
-from edgerep.checkpoints import load_model  # noqa: E402
-from edgerep.checkpoints.io import read_checkpoint  # noqa: E402
+from edgerep.checkpoints import (
+    Checkpoint,  # noqa: E402
+    load_model,  # noqa: E402
+)
 from edgerep.defaults import default_images_dir, default_model_path  # noqa: E402
 from edgerep.errors import BadInputError  # noqa: E402
+from edgerep.export.targets import get_target  # noqa: E402
 from edgerep.images import load_images  # noqa: E402
-from edgerep.numerics import output_error, randomize_bn  # noqa: E402
+from edgerep.proof.numerics import output_error, randomize_bn  # noqa: E402
 from edgerep.reparam import reparameterize  # noqa: E402
 from edgerep.reparam.blocks.repvgg import RepVGGBlock  # noqa: E402
-from edgerep.targets import get_target  # noqa: E402
 
 BACKEND = get_backend("tflite")
 SHAPE = (1, 3, 32, 32)
@@ -72,7 +73,7 @@ def small() -> nn.Module:
 @pytest.fixture(scope="module")
 def photos() -> tuple[torch.Tensor, np.ndarray]:
     """The 200 shipped photos, preprocessed as the shipped model was trained, and their labels."""
-    pre = preprocess_of("repghostnet_050", read_checkpoint(default_model_path()))
+    pre = Checkpoint.open(default_model_path()).preprocess("repghostnet_050")
     batch = load_images(default_images_dir(), pre)
     return batch.images, batch.labels.numpy()
 

@@ -6,11 +6,13 @@ from torch import nn
 
 from edgerep.api import deploy
 from edgerep.errors import VerificationError
-from edgerep.metrics import count_macs, count_nodes, count_params
-from edgerep.numerics import output_error, randomize_bn
+from edgerep.proof.metrics import count_macs, count_nodes, count_params
+from edgerep.proof.numerics import output_error, randomize_bn
+from edgerep.proof.report import format_deploy_report
+from edgerep.proof.verify import verify_deploy
+from edgerep.reparam import reparameterize
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
 from edgerep.reparam.fuse import KernelBias
-from edgerep.verify import verify_deploy
 
 
 def _net() -> nn.Sequential:
@@ -82,3 +84,59 @@ def test_untraceable_model_has_no_node_count():
 def test_relative_error_definition():
     err = output_error(torch.tensor([2.0, -4.0]), torch.tensor([2.5, -4.0]))
     assert err.max_abs == pytest.approx(0.5) and err.rel == pytest.approx(0.125)
+
+
+def _deep_offset_net() -> nn.Sequential:
+    """16 RepVGG blocks whose BNs carry running means ~1e3 that their betas cancel: intermediate values are large,
+    so the train form's fp32 rounding alone exceeds 1e-5 (relative) while the fused math is exact in fp64."""
+    gen = torch.Generator().manual_seed(0)
+    net = nn.Sequential(*[RepVGGBlock(3 if i == 0 else 16, 16) for i in range(16)],
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5))
+    randomize_bn(net, gen)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.add_(torch.randn(m.num_features, generator=gen) * 1e3)
+                shift = m.weight * m.running_mean / (m.running_var + m.eps).sqrt()
+                m.bias.copy_(shift + torch.randn(m.num_features, generator=gen) * 0.5)
+    return net.eval()
+
+
+def test_fp32_rounding_of_a_deep_model_is_not_called_a_mismatch():
+    _, report = deploy(_deep_offset_net(), name="deep", input_size=(3, 16, 16), latency=False)
+    over = [c for c in report.checks if c.rel > 1e-5]
+    assert over, "the model must make fp32 rounding exceed 1e-5, or this test proves nothing"
+    assert all(c.rel_fp64 is not None and c.rel_fp64 < 1e-12 for c in over)
+    assert report.passed
+    text = format_deploy_report(report)
+    assert "ok (fp32 rounding)" in text and "float64" in text
+    assert all(c["passed"] for c in report.to_dict()["checks"])
+    assert sum(c["rel_fp64"] is not None for c in report.to_dict()["checks"]) == len(over)
+
+
+def test_a_fusion_bug_in_a_deep_model_still_fails_in_fp64(monkeypatch):
+    real = RepVGGBlock.get_kernel_bias
+
+    def off_by_a_bit(self):
+        k, b = real(self)
+        return KernelBias(k, b + 1e-3)
+
+    monkeypatch.setattr(RepVGGBlock, "get_kernel_bias", off_by_a_bit)
+    with pytest.raises(VerificationError, match=r"in float64") as exc:
+        deploy(_deep_offset_net(), name="deep", input_size=(3, 16, 16), latency=False)
+    failed = [c for c in exc.value.report.checks if not c.passed]
+    assert failed and all(c.rel_fp64 > 1e-9 for c in failed)
+
+
+def test_a_deploy_form_that_loses_precision_of_its_own_still_fails():
+    """fp64 agrees (the math is right) but the fp32 deploy module rounds its weights to bfloat16: not fp32 rounding."""
+    net = _deep_offset_net()
+    deployed = reparameterize(net)
+    with torch.no_grad():
+        for p in deployed.parameters():
+            p.copy_(p.to(torch.bfloat16).float())
+    report = verify_deploy(net, deployed, name="deep", input_size=(3, 16, 16), blocks_fused={}, latency=False,
+                           refuse=reparameterize)
+    lossy = [c for c in report.checks if c.form == "deploy" and c.reference == "train form"]
+    assert all(c.rel_fp64 is not None and c.rel_fp64 < 1e-12 for c in lossy), "the math itself is exact"
+    assert all(c.rel > 10 * c.fp32_rounding for c in lossy) and not report.passed

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from conftest import REL_TOL_FP32, REL_TOL_FP64  # noqa: E402
 from zoo_deploy import deploy_model  # noqa: E402
 
-from conftest import REL_TOL_FP32, REL_TOL_FP64  # noqa: E402
-from edgerep.metrics import count_nodes  # noqa: E402
+from edgerep.proof.metrics import count_nodes  # noqa: E402
 from edgerep.zoo import create_model, list_models  # noqa: E402
 
 # Random-weight MobileOne-S4 loses digits in fp32 by itself: its SE gates see activations near 1e4 and the

@@ -3,6 +3,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import assert_fuses_exactly, meta_model, shared_path
 from torch import fx, nn
 
 from edgerep.reparam import count_blocks, reparameterize
@@ -11,7 +12,6 @@ from edgerep.reparam.blocks.qarepvgg import QARepVGGBlock
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
 from edgerep.zoo import create_model, get_spec, list_models
 from edgerep.zoo.repvgg import ARCHS, RepVGG, RepVGGArch
-from conftest import assert_fuses_exactly, meta_model, shared_path
 
 REPVGG = [
     f"repvgg_{v}" for v in ("a0", "a1", "a2", "b0", "b1", "b1g2", "b1g4", "b2", "b2g2", "b2g4", "b3", "b3g2", "b3g4")

@@ -1,7 +1,7 @@
 """The one interface every export target implements (ONNX, TFLite, Core ML; ExecuTorch later).
 
 A backend turns a *deploy-form* PyTorch model into an artifact file and runs an artifact on inputs.
-It knows nothing of checkpoints, validation thresholds, manifests or the CLI: ``edgerep.export``
+It knows nothing of checkpoints, validation thresholds, manifests or the CLI: ``edgerep.export.pipeline``
 orchestrates those, so adding a target is one backend module plus one ``targets/<name>.toml``.
 
 ``conversion_error`` is what every backend raises when its converter fails: one line naming the user's
@@ -50,9 +50,33 @@ class ExportInfo:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """An artifact's input as the file itself declares it (a manifest may be stale or hand-edited)."""
+
+    shape: tuple[int, ...]  # batch first; a dynamic batch is -1
+    layout: str  # "nchw" or "nhwc"
+
+    @property
+    def chw(self) -> tuple[int, int, int]:
+        """(C, H, W) of the NCHW tensor a caller feeds (backends transpose NHWC inside ``run``)."""
+        s = self.shape
+        return (s[1], s[2], s[3]) if self.layout == "nchw" else (s[3], s[1], s[2])
+
+    @property
+    def batch(self) -> int | None:
+        """The fixed batch the runtime needs, or None when any batch works."""
+        return self.shape[0] if self.shape[0] > 0 else None
+
+
 class Backend(Protocol):
+    """One export target's code. ``precisions`` and ``layouts`` are what the code implements; the target's TOML
+    lists what users may ask for, and the two must be the same sets (checked when the backend is loaded)."""
+
     name: str
     suffix: str  # ".onnx", ".tflite", ".mlpackage"
+    precisions: tuple[str, ...]
+    layouts: tuple[str, ...]
 
     def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
         """Write the artifact for ``model`` (eval mode, deploy form) to ``path`` (a temporary path)."""
@@ -63,6 +87,9 @@ class Backend(Protocol):
         Backends with other I/O (NHWC, int8 quantized I/O) convert inside, so callers always compare
         like with like.
         """
+
+    def input_spec(self, path: Path) -> InputSpec:
+        """The artifact's input shape and layout, read from the file with the target's own runtime."""
 
 
 class UnsupportedLayerError(BadInputError):

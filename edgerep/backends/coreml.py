@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError, EdgerepError, require
-from .base import ExportInfo, ExportRequest, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 from .mil_eval import MilEvaluator, load_program, op_types, program_of
 
 INPUT_NAME = "input"
@@ -58,15 +58,12 @@ _ACTIVATION_PASSES = ("compression::insert_prefix_quantize_dequantize_pair",
 class CoreMLBackend:
     name = "coreml"
     suffix = ".mlpackage"
+    precisions = ("fp32", "fp16", "w8", "int8", *_PALETTE_BITS)
+    layouts = ("nchw",)
 
     def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
         """Convert ``model`` to an ML Program in the requested precision and save it at ``path``."""
-        if request.layout != "nchw":
-            raise BadInputError(f"the coreml target takes NCHW input only, not {request.layout}")
         precision = request.precision
-        if precision not in ("fp32", "fp16", "w8", "int8", *_PALETTE_BITS):
-            raise BadInputError(f"the coreml backend has no precision {precision!r};"
-                                f" use fp32, fp16, w8, int8, {', '.join(_PALETTE_BITS)}")
         if precision == "int8" and (request.calibration is None or len(request.calibration) == 0):
             raise BadInputError("coreml int8 needs calibration images; pass a folder of real images with --calib DIR")
         opts = request.options
@@ -109,6 +106,10 @@ class CoreMLBackend:
         counts = op_types(load_program(path))
         notes.append("MIL ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()) if k != "const"))
         return ExportInfo(INPUT_NAME, OUTPUT_NAME, "float32", quantization=quant, notes=notes)
+
+    def input_spec(self, path: Path) -> InputSpec:
+        var = next(iter(load_program(Path(path)).inputs.values()))
+        return InputSpec(tuple(int(s) for s in var.shape), "nchw")
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         """Outputs for NCHW float32 ``inputs``, fed in batches of the artifact's fixed batch size."""

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
-from .base import ExportInfo, ExportRequest, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 
 INPUT_NAME = "input"  # a .pte has positional inputs; the name is what the manifest calls input 0
 OUTPUT_NAME = "output"
@@ -44,13 +44,11 @@ from executorch.runtime import Runtime  # noqa: E402
 class ExecuTorchBackend:
     name = "executorch"
     suffix = ".pte"
+    precisions = ("fp32", "int8")
+    layouts = ("nchw",)
 
     def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
         """Write ``model`` as an XNNPACK-delegated .pte program at ``path`` in the requested precision."""
-        if request.precision not in ("fp32", "int8"):
-            raise BadInputError(f"the executorch backend has no precision {request.precision!r}; use fp32 or int8")
-        if request.layout != "nchw":
-            raise BadInputError(f"the executorch target takes NCHW input only, not {request.layout}")
         example = torch.zeros(request.input_shape)
         quant: dict = {}
         try:
@@ -76,6 +74,9 @@ class ExecuTorchBackend:
             notes.append("left on portable kernels (slower on device): "
                          + ", ".join(f"{op} x{n}" for op, n in sorted(portable.items())))
         return ExportInfo(INPUT_NAME, OUTPUT_NAME, "float32", quant, notes)
+
+    def input_spec(self, path: Path) -> InputSpec:
+        return InputSpec(tuple(_method(Path(path)).metadata.input_tensor_meta(0).sizes()), "nchw")
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         """Run the .pte on NCHW float32 inputs with ExecuTorch's runtime, in batches of its fixed batch size."""

@@ -35,8 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
+from ..proof.numerics import closeness
 from ..quant import calibration, prepare
-from .base import ExportInfo, ExportRequest, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 
 AUTO_IMAGES = 64  # calibration images on which reduce_range=auto compares 8-bit and 7-bit weights
 INPUT_NAME = "input"
@@ -54,6 +55,8 @@ ort = require("onnxruntime", "onnx")
 class OnnxBackend:
     name = "onnx"
     suffix = ".onnx"
+    precisions = ("fp32", "fp16", "int8")
+    layouts = ("nchw",)
 
     def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
         """Write ``model`` as an ONNX file at ``path`` in the requested precision."""
@@ -87,12 +90,14 @@ class OnnxBackend:
             elif request.precision == "int8":
                 onnx.save(proto, str(fp32))
                 quant = _quantize_int8(fp32, path, request, Path(tmp), record, model)
-            else:
-                raise BadInputError(f"the onnx backend has no precision {request.precision!r}")
         onnx.checker.check_model(str(path), full_check=True)
         if quant:
             quant["input"] = _input_qparams(onnx.load(str(path)))
         return ExportInfo(INPUT_NAME, OUTPUT_NAME, "float32", quant, notes)
+
+    def input_spec(self, path: Path) -> InputSpec:
+        inp = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
+        return InputSpec(tuple(s if isinstance(s, int) and s > 0 else -1 for s in inp.shape), "nchw")
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         """Run the artifact with onnxruntime (CPU) on NCHW float32 inputs, batch by batch."""
@@ -189,7 +194,7 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
             ref = model(images).reshape(len(images), -1).double().numpy()
         alt = tmp / "reduce_range.onnx"
         build(True, alt)
-        scores = {bits: _mean_cosine(ref, BACKEND.run(p, images.numpy())) for bits, p in ((8, out), (7, alt))}
+        scores = {bits: closeness(ref, BACKEND.run(p, images.numpy())).cosine for bits, p in ((8, out), (7, alt))}
         record["auto_cosine_by_weight_bits"] = scores
         if scores[7] > scores[8]:
             reduce_range = True
@@ -204,12 +209,6 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
         "transforms": record,
         "float_nodes": keep,
     }
-
-
-def _mean_cosine(ref: np.ndarray, out: np.ndarray) -> float:
-    out = out.reshape(len(ref), -1).astype(np.float64)
-    norms = np.maximum(np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1), 1e-30)
-    return float(((ref * out).sum(1) / norms).mean())
 
 
 def _nodes_of(proto, layers: list[str]) -> list[str]:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
 from ..quant import calibration, prepare
-from .base import ExportInfo, ExportRequest, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 
 NCHW_INPUT = "image"
 NHWC_INPUT = "image_nhwc"
@@ -72,13 +72,11 @@ class _ChannelsLast(nn.Module):
 class TFLiteBackend:
     name = "tflite"
     suffix = ".tflite"
+    precisions = ("fp32", "fp16", "int8")
+    layouts = ("nchw", "nhwc")
 
     def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
         """Write ``model`` as a .tflite file at ``path`` in the requested precision and input layout."""
-        if request.precision not in ("fp32", "fp16", "int8"):
-            raise BadInputError(f"the tflite backend has no precision {request.precision!r}; use fp32, fp16 or int8")
-        if request.layout not in ("nchw", "nhwc"):
-            raise BadInputError(f"the tflite target takes nchw or nhwc input, not {request.layout!r}")
         if request.input_shape[0] != 1:
             raise BadInputError(f"the tflite target exports batch 1, got input shape {request.input_shape}")
         opts = request.options
@@ -129,6 +127,10 @@ class TFLiteBackend:
             quant = {"input": _qparams(inp), "output": _qparams(out), "weights": "int8 symmetric per-channel",
                      "calibrate_method": opts.get("calibrate_method", "mse"), "transforms": record}
         return ExportInfo(inp["name"], out["name"], np.dtype(inp["dtype"]).name, quant, notes)
+
+    def input_spec(self, path: Path) -> InputSpec:
+        inp = _interpreter(path).get_input_details()[0]
+        return InputSpec(tuple(int(s) for s in inp["shape"]), "nhwc" if NHWC_INPUT in inp["name"] else "nchw")
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         """Run the artifact (XNNPACK, one image at a time) on NCHW float32 inputs; float32 outputs."""

@@ -1,15 +1,16 @@
 """Checkpoints: safe reading, layouts of other projects (by structure), edgerep's own format."""
 
-from .io import load_state_dict, read_checkpoint
+from .checkpoint import Checkpoint, load_state_dict, preprocess_of
 from .layouts import detect_form, detect_layout
 from .load import LoadInfo, load_model, save_checkpoint
 
 __all__ = [
+    "Checkpoint",
     "LoadInfo",
     "detect_form",
     "detect_layout",
     "load_model",
     "load_state_dict",
-    "read_checkpoint",
+    "preprocess_of",
     "save_checkpoint",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import warnings
 from pathlib import Path
@@ -15,23 +16,18 @@ from ..errors import CheckpointError
 _NESTED_KEYS = ("state_dict", "model", "model_ema", "state_dict_ema", "net", "module")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, object]:
-    """``torch.load(path, weights_only=True)`` with every failure turned into a one-line ``CheckpointError``.
+def load_bytes(data: bytes, p: Path) -> dict[str, object]:
+    """``torch.load(..., weights_only=True)`` of a file's bytes, every failure turned into a one-line error.
 
     A pickle that holds code (or any object beyond tensors, containers and primitives) is refused by
-    the weights-only unpickler before anything in it runs.
+    the weights-only unpickler before anything in it runs. ``p`` names the file in messages.
     """
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist; check the path")
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint {p} is a directory; pass the .pt/.pth file inside it")
-    if p.stat().st_size == 0:
+    if not data:
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes); re-copy or re-save it")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it then reads fine
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines()]
         blocked = next((ln for ln in lines if "GLOBAL" in ln), None)
@@ -71,11 +67,6 @@ def extract_state_dict(obj: dict[str, object], path: str | Path = "<checkpoint>"
     if tensors and all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
     return tensors
-
-
-def load_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a checkpoint file and return its state dict (see ``read_checkpoint``)."""
-    return extract_state_dict(read_checkpoint(path), path)
 
 
 def _is_tensor_dict(d: dict) -> bool:

@@ -108,6 +108,27 @@ _REPVGG_ORIGINAL = Layout(
 )
 
 
+# apple/ml-mobileone mobileone.py: stage0 (the stem block), stage1..4 of (depthwise, pointwise) block pairs
+# indexed like timm's, branches rbr_conv.i / rbr_scale / rbr_skip, squeeze-excite se.reduce / se.expand,
+# classifier linear; the fused block's reparam_conv has timm's name already.
+_MOBILEONE_ORIGINAL = Layout(
+    name="original",
+    source="apple/ml-mobileone mobileone.py",
+    families=frozenset({"mobileone"}),
+    signature=r"^stage0\.|(^|\.)rbr_(conv|scale|skip)(\.|$)",
+    rules=(
+        Rule(r"^stage0\.", "stem."),
+        Rule(r"^stage([1-9]\d*)\.", _stage_index),
+        Rule(r"(^|\.)rbr_conv\.", r"\1conv_kxk."),
+        Rule(r"(^|\.)rbr_scale\.", r"\1conv_scale."),
+        Rule(r"(^|\.)rbr_skip\.", r"\1identity."),
+        Rule(r"(^|\.)se\.reduce\.", r"\1attn.fc1."),
+        Rule(r"(^|\.)se\.expand\.", r"\1attn.fc2."),
+        Rule(r"^linear\.", "head.fc."),
+    ),
+)
+
+
 def _msgc_block_index(m: re.Match[str]) -> str:
     """``features.N`` (N = 1..17, the blocks in table order) -> ``blocks.stage.index`` of MobileNetV2's table."""
     n = int(m[1]) - 1
@@ -154,6 +175,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout("edgerep", "files written by edgerep's save_checkpoint (timm names plus a meta dict)"),
     Layout("timm", "timm (huggingface/pytorch-image-models) state dicts; edgerep's own names"),
     _REPVGG_ORIGINAL,
+    _MOBILEONE_ORIGINAL,
     _MSGC_ORIGINAL,
 )
 

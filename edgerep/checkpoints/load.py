@@ -18,9 +18,7 @@ No timestamp is stored: the same weights give the same bytes, hence the same sha
 
 from __future__ import annotations
 
-import hashlib
-import os
-import uuid
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -29,14 +27,16 @@ from typing import Mapping
 import torch
 from torch import Size, Tensor, nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import BadInputError, CheckpointError
+from ..fileio import atomic_path
 from ..reparam import count_blocks, reparameterize
 from ..zoo import create_model, get_spec, list_models
-from .io import extract_state_dict, read_checkpoint
+from .checkpoint import Checkpoint
+from .io import extract_state_dict
 from .layouts import EDGEREP_FORMAT, detect_layout, form_evidence, get_layout
 
-__all__ = ["LoadInfo", "load_model", "save_checkpoint", "sha256_file"]
+__all__ = ["LoadInfo", "load_model", "save_checkpoint"]
 
 FORMS = ("train", "deploy")
 FORMAT_VERSION = 1
@@ -57,7 +57,7 @@ class LoadInfo:
 
 def load_model(
     name: str,
-    checkpoint: str | Path | dict,
+    checkpoint: str | Path | dict | Checkpoint,
     *,
     layout: str | None = None,
     form: str | None = None,
@@ -74,10 +74,14 @@ def load_model(
     spec = get_spec(name)
     if form is not None and form not in FORMS:
         raise BadInputError(f"unknown form {form!r}; use one of: {', '.join(FORMS)} (or omit it to auto-detect)")
-    obj, path = (checkpoint, None) if isinstance(checkpoint, dict) else (read_checkpoint(checkpoint), Path(checkpoint))
+    if not isinstance(checkpoint, (dict, Checkpoint)):
+        checkpoint = Checkpoint.open(checkpoint)
+    obj, path, sha = (checkpoint, None, None) if isinstance(checkpoint, dict) else (
+        checkpoint.obj, checkpoint.path, checkpoint.sha256)
     where = where or (str(path) if path is not None else "<dict>")
 
     sd = extract_state_dict(obj, where)  # first, so that a file without weights is named in the error
+    _refuse_non_finite(sd, where)
     found = detect_layout(obj, spec.family)
     chosen = _choose_layout(layout, found, sd, where, spec.family)
     renamed, origin = get_layout(chosen, spec.family).rename(sd)
@@ -100,16 +104,22 @@ def load_model(
         first_miss = first_miss or (found_form, expected, problems)
     else:
         miss_form, expected, problems = first_miss
-        for other in FORMS:  # a form asked for (or named by the meta) that contradicts the weights
+        for other in FORMS:  # a form asked for that contradicts the weights
             if other not in forms and not _mismatch(_state_shapes(_build(name, num_classes, other)), renamed):
                 raise _form_error(where, other, f"its keys fit the {other}-form {name}")
         raise CheckpointError(
             _describe(where, name, chosen, miss_form, problems, expected, origin, renamed, num_classes)
         )
+    said = meta.get("form") if meta is not None else None
+    if said is not None and said != found_form:  # the weights are the truth; deploy and export both say so
+        warnings.warn(
+            f"checkpoint {where}: its meta says form {said!r} but its weights are the {found_form} form; loaded as"
+            f" {found_form} (re-save the file to correct its meta)",
+            stacklevel=2,
+        )
     full = model.state_dict()
     full.update(renamed)  # keeps the model's own num_batches_tracked when the checkpoint has none
     model.load_state_dict(full)
-    sha = sha256_file(path) if path is not None else None
     return model.eval(), LoadInfo(path, sha, chosen, found_form, num_classes, name)
 
 
@@ -156,14 +166,6 @@ def _plain(value: object) -> bool:
     return isinstance(value, scalar) or (isinstance(value, (list, tuple)) and all(isinstance(v, scalar) for v in value))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _choose_layout(asked: str | None, found: str, sd: Mapping[str, Tensor], where: str, family: str) -> str:
     if asked is None:
         return found
@@ -173,25 +175,26 @@ def _choose_layout(asked: str | None, found: str, sd: Mapping[str, Tensor], wher
     if asked == "edgerep":
         raise CheckpointError(
             f"checkpoint {where} is not an edgerep file (no {EDGEREP_FORMAT!r} meta); its keys are in the"
-            f" {found} layout: pass --layout {found} or omit --layout"
+            f" {found} layout: pass --checkpoint-layout {found} or omit it"
         )
     clue = get_layout(found, family).evidence(list(sd)) or next(iter(sd), "")
     raise CheckpointError(
-        f"checkpoint {where} is in the {found} layout (keys like {clue}), not {asked}; pass --layout {found}"
-        " or omit --layout to auto-detect"
+        f"checkpoint {where} is in the {found} layout (keys like {clue}), not {asked}; pass --checkpoint-layout {found}"
+        " or omit --checkpoint-layout to auto-detect"
     )
 
 
 def _candidate_forms(
     renamed: dict[str, Tensor], origin: dict[str, str], meta: dict | None, asked: str | None, where: str
 ) -> list[str]:
-    """The forms to try, best guess first; raises when the asked form contradicts the checkpoint."""
-    if meta is not None:
-        found, why = str(meta.get("form", "train")), "its edgerep meta says so"
-    else:
-        found, key = form_evidence(list(renamed))
-        kind = "training-branch" if found == "train" else "fused"
-        why = f"has {kind} keys such as {origin.get(key, key)}"
+    """The forms to try, best guess first; raises when the asked form contradicts the checkpoint's keys.
+
+    The keys decide; an edgerep meta's ``form`` is only the first guess when they carry no marker (a wrong meta,
+    e.g. edited by hand, must not make ``deploy`` say "use export" while ``export`` says "run deploy").
+    """
+    found, key = form_evidence(list(renamed))
+    kind = "training-branch" if found == "train" else "fused"
+    why = f"has {kind} keys such as {origin.get(key, key)}"
     if found == "mixed":
         raise CheckpointError(
             f"checkpoint {where} is half converted ({why} and training-branch keys too);"
@@ -201,7 +204,10 @@ def _candidate_forms(
         raise _form_error(where, found, why)
     if asked is not None:
         return [asked]
-    return [found] if found is not None else list(FORMS)
+    if found is not None:
+        return [found]
+    hint = meta.get("form") if meta is not None else None
+    return sorted(FORMS, key=lambda f: f != hint)
 
 
 def _form_error(where: str, found: str, why: str) -> CheckpointError:
@@ -214,6 +220,17 @@ def _form_error(where: str, found: str, why: str) -> CheckpointError:
         f"checkpoint {where} is in train form ({why}): it is not fused yet; run `edgerep deploy` on it first"
         " (or load_model(..., form='train'))"
     )
+
+
+def _refuse_non_finite(sd: Mapping[str, Tensor], where: str) -> None:
+    """A NaN/Inf weight (a diverged run, a damaged file) is named here, not reported later as a fusion mismatch."""
+    for key, t in sd.items():
+        if isinstance(t, Tensor) and t.is_floating_point() and not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(
+                f"checkpoint {where}: tensor {key} holds {bad} NaN/Inf value(s) of {t.numel()}; the training run"
+                " diverged or the file is damaged: use an earlier or intact checkpoint"
+            )
 
 
 def _skeleton(name: str, num_classes: int | None = None, form: str = "train") -> nn.Module:
@@ -287,7 +304,7 @@ def _describe(
     fix = (
         f"did you mean {' or '.join(fits)}?"
         if fits
-        else "check the model name (`edgerep models`) and --layout, or re-save the checkpoint from this model"
+        else "check the model name (`edgerep models`) and --checkpoint-layout, or re-save the checkpoint from this model"
     )
     return f"checkpoint {where} ({layout} layout, {form} form) does not fit {name}: {'; '.join(parts)}; {fix}"
 
@@ -316,15 +333,8 @@ def _classifier_out(model: nn.Module) -> int:
 def _write_atomically(path: Path, obj: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            with open(tmp, "xb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:
+            torch.save(obj, f)  # a file object, not a name: the archive's inner folder name stays fixed
     except OSError as exc:
         raise CheckpointError(
             f"cannot write checkpoint {path} ({exc.strerror or exc}); check the folder and free space"

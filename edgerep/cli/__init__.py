@@ -14,22 +14,27 @@ import pkgutil
 import sys
 import warnings
 
-from .. import __version__
-from ..errors import EdgerepError, VerificationError
+from .._version import __version__
+from ..console import set_verbose
+from ..errors import EdgerepError, Interrupted, VerificationError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a value refused at parse time (exit 2, one line)
+        return exc.code if isinstance(exc.code, int) else 2
     warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    set_verbose(args.verbose)
     try:
         return args.func(args)
     except VerificationError as exc:
         if exc.report is not None and not getattr(args, "json", False):
-            from ..report import format_deploy_report
+            from ..proof.report import format_deploy_report
 
             print(format_deploy_report(exc.report))
         elif exc.report is not None:
@@ -39,13 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     except EdgerepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:  # every command writes through temporary paths: nothing is left half-written
-        print("error: interrupted; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # every command writes through temporary paths: nothing is left half-written
+        kept = str(exc) if isinstance(exc, Interrupted) else "nothing was written"
+        print(f"error: interrupted; {kept}", file=sys.stderr)
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error shape: one ``error:`` line naming the command's --help, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="edgerep",
         description="Re-parameterized CNNs from training checkpoint to verified phone artifact.",
         epilog="Run `edgerep COMMAND --help` for each command's options and examples.",
@@ -54,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
     for module in sorted(_command_modules(), key=lambda m: m.ORDER):
         module.register(sub)
+    for command in sub.choices.values():  # every command: converters' own logs only on request (or on failure)
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show the converters' and runtimes' own log output (hidden unless a step fails)")
     return p
 
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
 
 from ..errors import BadInputError
-from .common import split_list, status
+from .common import comma_list, renamed, split_list, status
 
 ORDER = 60
 
 EPILOG = """\
 examples:
   edgerep bench                                         # shipped model, onnx+tflite fp32/int8, host + pixel4
-  edgerep bench repghostnet_050=ck.pt repvgg_a0=a0.pt --targets onnx,tflite --precisions fp32,int8 \\
-      --devices host,pixel7 --threads 1,2 --images photos/ -o bench-out/
-  edgerep bench mobileone_s0 repvgg_a0 --devices pixel4   # bare zoo names: random weights, latency only
-  edgerep bench a=a.pt b=b.pt --devices host,adb:R58M123,pixel7 --ray 10.0.0.5:6379   # on a Ray cluster
+  edgerep bench repghostnet_050=ck.pt repvgg_a0=a0.pt --target onnx,tflite --precision fp32,int8 \\
+      --device host,pixel7 --threads 1,2 --images photos/ -o bench-out/
+  edgerep bench mobileone_s0 repvgg_a0 --device pixel4   # bare zoo names: random weights, latency only
+  edgerep bench a=a.pt b=b.pt --device host,adb:R58M123,pixel7 --ray 10.0.0.5:6379   # on a Ray cluster
 
 MODEL is NAME=CHECKPOINT, an edgerep checkpoint path, or a bare zoo name (random weights: its accuracy
 column stays empty, agreement with fp32 is still measured). Devices: `host` (measured here with each
@@ -46,13 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument("models", nargs="*", metavar="MODEL", help="NAME=CKPT, a checkpoint, or a zoo name")
-    b.add_argument("--targets", default="onnx,tflite", help="comma list (default: onnx,tflite)")
-    b.add_argument("--precisions", default="fp32,int8", help="comma list (default: fp32,int8)")
-    b.add_argument("--devices", default="host,pixel4", help="comma list (default: host,pixel4)")
-    b.add_argument("--threads", default="1", help="comma list of thread counts (default: 1)")
+    b.add_argument("--target", default="onnx,tflite", type=comma_list, help="comma list (default: onnx,tflite)")
+    b.add_argument("--precision", default="fp32,int8", type=comma_list, help="comma list (default: fp32,int8)")
+    b.add_argument("--device", default="host,pixel4", type=comma_list, help="comma list (default: host,pixel4)")
+    b.add_argument("--threads", default="1", type=comma_list, help="comma list of thread counts (default: 1)")
     b.add_argument("--images", help="labelled photos, one folder per class (default: the shipped CIFAR-10 sample)")
     b.add_argument("--calib", help="calibration photos for int8 (default: --images)")
-    b.add_argument("-o", "--output-dir", default="edgerep-bench", help="where artifacts and the report go")
+    b.add_argument("-o", "--output", default="edgerep-bench", help="folder for artifacts and the report")
     b.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     b.add_argument("--ray", nargs="?", const="auto", metavar="auto|HOST:PORT",
                    help="run on a Ray cluster (default address: auto, the cluster this machine belongs to)")
@@ -63,54 +62,58 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ssh devices: extra ssh -o option, repeatable")
     b.add_argument("--remote-python", default="python3", help="ssh devices: the device's Python (default python3)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    for old, new in (("--targets", "--target"), ("--precisions", "--precision"), ("--devices", "--device"),
+                     ("--output-dir", "--output")):
+        renamed(b, old, new)
     b.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
-    from ..targets import get_target
+    from ..export.targets import get_target
+    from ..fileio import removed_if_empty, writable_dir, write_text
     from ..tradeoff.run import run_bench
     from ..tradeoff.table import terminal_table, to_csv, to_json, to_markdown
 
     models = args.models or [f"{defaults.default_model_name()}={defaults.default_model_path()}"]
-    plan = [(t, p) for t in split_list(args.targets) for p in split_list(args.precisions)]
+    plan = [(t, p) for t in split_list(args.target) for p in split_list(args.precision)]
     for t, p in plan:
         get_target(t).precision(p)  # refused up front, with the allowed list
-    devices = split_list(args.devices)
+    devices = split_list(args.device)
     threads = _threads(args.threads)
     _check_devices(devices, ray=args.ray is not None)
     if args.artifact_store and args.ray is None:
         raise BadInputError("--artifact-store is for --ray runs; drop it or add --ray")
     ssh = _ssh_options(args) if any(d.startswith("ssh://") for d in devices) else None
-    out = Path(args.output_dir)
     images = args.images or defaults.default_images_dir()
     interrupted = False
-    out.mkdir(parents=True, exist_ok=True)
-    if args.ray is not None:
-        from ..tradeoff.cluster import run_bench_ray
+    with removed_if_empty(args.output) as out:  # a refused or failed run leaves no empty folder
+        writable_dir(out)
+        if args.ray is not None:
+            from ..tradeoff.cluster import run_bench_ray
 
-        with contextlib.redirect_stdout(sys.stderr):  # Ray prints cluster events (a node marked dead) on stdout
-            result = run_bench_ray(models, plan, devices, threads, address=args.ray, output_dir=out, images=images,
-                                   calibration=args.calib, artifact_store=args.artifact_store, progress=status,
-                                   ssh=ssh)
-        rows, interrupted = result.rows, result.interrupted
-        _refuse_if_nothing_ran(rows, interrupted)
-    else:
-        rows = run_bench(models, plan, devices, threads, output_dir=out, images=images, calibration=args.calib,
-                         progress=status, ssh=ssh)
-    for suffix, text in ((".md", to_markdown(rows)), (".csv", to_csv(rows)), (".json", to_json(rows))):
-        _write(out / f"tradeoff{suffix}", text)
-    written = [f"tradeoff{s}" for s in (".md", ".csv", ".json")]
-    if not args.no_plot:
-        from ..tradeoff.plot import plot_tradeoff
+            with contextlib.redirect_stdout(sys.stderr):  # Ray prints cluster events (a node marked dead) on stdout
+                result = run_bench_ray(models, plan, devices, threads, address=args.ray, output_dir=out,
+                                       images=images, calibration=args.calib, artifact_store=args.artifact_store,
+                                       progress=status, ssh=ssh)
+            rows, interrupted = result.rows, result.interrupted
+            _refuse_if_nothing_ran(rows, interrupted)
+        else:
+            rows = run_bench(models, plan, devices, threads, output_dir=out, images=images,
+                             calibration=args.calib, progress=status, ssh=ssh)
+        for suffix, text in ((".md", to_markdown(rows)), (".csv", to_csv(rows)), (".json", to_json(rows))):
+            write_text(out / f"tradeoff{suffix}", text)
+        written = [f"tradeoff{s}" for s in (".md", ".csv", ".json")]
+        if not args.no_plot:
+            from ..tradeoff.plot import plot_tradeoff
 
-        plot_tradeoff(rows, out / "tradeoff.png")
-        written.append("tradeoff.png")
-    if args.json:
-        print(to_json(rows), end="")
-    else:
-        print(terminal_table(rows))
-        print(f"wrote {', '.join(written)} in {out}/ (latency kind: measured here / on a device, or predicted)")
+            plot_tradeoff(rows, out / "tradeoff.png")
+            written.append("tradeoff.png")
+        if args.json:
+            print(to_json(rows), end="")
+        else:
+            print(terminal_table(rows))
+            print(f"wrote {', '.join(written)} in {out}/ (latency kind: measured here / on a device, or predicted)")
     if interrupted:
         not_run = sum(r.status.startswith("cancelled") for r in rows)
         print(f"error: interrupted; partial report written to {out}/ ({not_run} rows cancelled)", file=sys.stderr)
@@ -149,9 +152,3 @@ def _check_devices(devices: list[str], ray: bool) -> None:
     for d in devices:
         if not (d == "host" or d.startswith(("ssh://", "adb:")) or (ray and d.startswith("host:"))):
             get_profile(d)  # unknown names are refused here with the list of known ones
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..gate import check, read_baseline, read_results, updated_baseline, write_baseline
+    from ..accuracy.gate import check, read_baseline, read_results, updated_baseline, write_baseline
 
     results = read_results(args.results)
     baseline = Path(args.baseline)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def format_report(report) -> str:
-    from ..report import table
+    from ..tables import table
 
     rows = [(
         r.model, r.target, r.precision,
@@ -89,7 +89,7 @@ def format_report(report) -> str:
 
 
 def format_baseline(rows: list[dict]) -> str:
-    from ..report import table
+    from ..tables import table
 
     return table(
         ["model", "target", "precision", "top-1 %", "images", "tol", "min agree", "min cosine"],

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import status
+from .common import positive_int, renamed, status
 
 ORDER = 30
 
@@ -17,8 +15,8 @@ EPILOG = """\
 examples:
   edgerep eval                                        # the shipped model on the shipped 200 CIFAR-10 photos
   edgerep eval edgerep-out/                           # every artifact edgerep export wrote, one table
-  edgerep eval model-int8.tflite --data photos/ --reference ck.pt
-  edgerep eval ck.pth --model repvgg_a0 --data val.npz --json
+  edgerep eval model-int8.tflite --images photos/ --reference ck.pt
+  edgerep eval ck.pth --model repvgg_a0 --images val.npz --json
   edgerep eval edgerep-out/ -o results.json && edgerep check results.json --baseline accuracy.json
   edgerep eval --sensitivity                          # which layers of the shipped model hurt int8 most
 
@@ -46,21 +44,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                    " artifacts; default: the shipped checkpoint")
     e.add_argument("--model", help="zoo model name, for checkpoints that do not record it or artifacts without"
                    " a manifest")
-    e.add_argument("--data", help="image folder (one subfolder per class, or flat: agreement only) or .npz;"
+    e.add_argument("--images", help="image folder (one subfolder per class, or flat: agreement only) or .npz;"
                    " default: the shipped 200 CIFAR-10 test photos")
     ref = e.add_mutually_exclusive_group()
     ref.add_argument("--reference", metavar="CKPT", help="fp32 PyTorch checkpoint to measure agreement against;"
                      " default: the checkpoint an artifact's manifest names")
     ref.add_argument("--no-reference", action="store_true", help="skip the agreement measurement")
-    e.add_argument("--batch-size", type=int, default=64, help="images per runtime call (fixed-batch artifacts loop)")
+    e.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images per runtime call (fixed-batch artifacts loop)")
     e.add_argument("-o", "--output", metavar="RESULTS.json",
                    help="also write the results JSON here (for edgerep check)")
     e.add_argument("--sensitivity", action="store_true",
                    help="per-layer int8 sensitivity of a checkpoint, sorted by the agreement each layer costs")
     e.add_argument("--sensitivity-mode", choices=["only", "all_but"], default="only",
                    help="--sensitivity: quantize one layer at a time (only, default) or all layers but one")
-    e.add_argument("--calib", help="--sensitivity: images for activation ranges (default: the --data images)")
+    e.add_argument("--calib", help="--sensitivity: images for activation ranges (default: the --images photos)")
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    renamed(e, "--data", "--images")
     e.set_defaults(func=run)
 
 
@@ -71,7 +71,7 @@ def _sensitivity(args: argparse.Namespace, paths: list[Path], default_images: Pa
         raise BadInputError("--sensitivity takes one PyTorch checkpoint (it quantizes the model layer by layer)")
     if not args.json:
         status(f"quantizing {paths[0].name} layer by layer ({args.sensitivity_mode})")
-    report = checkpoint_sensitivity(paths[0], args.data or default_images, model=args.model,
+    report = checkpoint_sensitivity(paths[0], args.images or default_images, model=args.model,
                                     calibration=args.calib, mode=args.sensitivity_mode)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_sensitivity(report, top=20))
     return 0
@@ -79,31 +79,34 @@ def _sensitivity(args: argparse.Namespace, paths: list[Path], default_images: Pa
 
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
-    from ..evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
-    from ..manifest import write_manifest
+    from ..accuracy.evaluate import Reference, evaluate, open_data, open_reference, open_subject, results_document
+    from ..console import captured, progress_bar
+    from ..fileio import writable_file, write_json
 
-    data = open_data(args.data or defaults.default_images_dir())  # bad data fails before any model is loaded
+    data = open_data(args.images or defaults.default_images_dir())  # bad data fails before any model is loaded
     paths = expand(args.paths) if args.paths else [defaults.default_model_path()]
     if args.sensitivity:
         return _sensitivity(args, paths, defaults.default_images_dir())
-    output = _output(args.output)
+    output = None if args.output is None else writable_file(args.output, example="results.json")
     fixed_ref = open_reference(args.reference, args.model) if args.reference else None
     refs: dict[Path, Reference] = {}  # by checkpoint: each reference runs once for all its artifacts
     say = (lambda _msg: None) if args.json else status
     results = []
     for path in paths:
-        subject = open_subject(path, args.model)
+        with captured(f"loading {path.name}"):  # runtimes' load logs stay hidden unless --verbose or it fails
+            subject = open_subject(path, args.model)
         reference = fixed_ref
         if reference is None and not args.no_reference and subject.source is not None:
             if subject.source not in refs:
                 refs[subject.source] = open_reference(subject.source, subject.model)
             reference = refs[subject.source]
         say(f"evaluating {path.name} ({subject.target} {subject.precision}) on {data.count} images")
-        results.append(evaluate(subject, data, reference=reference, batch_size=args.batch_size,
-                                progress=None if args.json else _progress()))
+        with captured(f"evaluating {path.name}"):
+            results.append(evaluate(subject, data, reference=reference, batch_size=args.batch_size,
+                                    progress=None if args.json else progress_bar(path.name)))
     doc = results_document(results, data)
     if output is not None:
-        write_manifest(output, doc)
+        write_json(output, doc)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:
@@ -118,7 +121,7 @@ def expand(paths: list[str]) -> list[Path]:
 
     A manifest stands for its artifact, so ``edgerep eval edgerep-out/*`` works as well as ``edgerep-out/``.
     """
-    from ..evaluate import artifact_suffixes
+    from ..export.targets import artifact_suffixes
 
     suffixes = artifact_suffixes()
     out: list[Path] = []
@@ -140,7 +143,7 @@ def expand(paths: list[str]) -> list[Path]:
 
 
 def format_results(results: list, data: str) -> str:
-    from ..report import human, table
+    from ..tables import human, table
 
     rows = []
     for r in results:
@@ -159,26 +162,6 @@ def format_results(results: list, data: str) -> str:
     return "\n".join(lines)
 
 
-def _output(path: str | None) -> Path | None:
-    """Fail before the slow part if the results file cannot be written."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_dir() or not p.parent.is_dir():
-        raise BadInputError(f"cannot write results to {p}: give a file name in an existing folder")
-    return p
-
-
-def _progress() -> Callable[[int, int], None] | None:
-    """A live ``done/total`` counter on a terminal's stderr; CI logs get only the per-artifact status lines."""
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        print(f"\r  {done}/{total} images", end=end, file=sys.stderr, flush=True)
-
-    return show
 
 
 def _pct(x: float | None) -> str:

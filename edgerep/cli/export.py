@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import BadInputError, EdgerepError, VerificationError
-from .common import key_value, split_list, status
+from .common import comma_list, fraction, key_value, renamed, split_list, status
 
 ORDER = 20
 
@@ -16,6 +16,7 @@ examples:
   edgerep export                                      # shipped model -> onnx, tflite, coreml in fp32 + int8
   edgerep export repvgg_a0 -c ck.pth --target onnx --precision int8 --calib photos/
   edgerep export repghostnet_100 -c ck.pth --target coreml --precision fp16,palettize6 -o out/ --json
+  edgerep export model.pt2 --target onnx,tflite       # any torch.export.save'd program: re-parameterized first
 
 Each artifact is run (Core ML on Linux: its MIL program is evaluated) and compared with the PyTorch
 deploy model before it is kept; the allowed options and tolerances of each target are in targets/*.toml.
@@ -35,28 +36,38 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("model", nargs="?", help="zoo model name; default: the shipped demo model")
+    e.add_argument("model", nargs="?", help="zoo model name, or a .pt2 program (torch.export.save); "
+                   "default: the shipped demo model")
     e.add_argument("-c", "--checkpoint", help="train- or deploy-form checkpoint; default: the shipped demo checkpoint")
-    e.add_argument("--target", default=None, help="onnx, tflite, coreml, executorch, or all; comma-separated list allowed")
-    e.add_argument("--precision", default=None, help="fp32, fp16, int8, w8, palettize4/6/8 (per target); comma list")
-    e.add_argument("--calib", help="folder of calibration photos for int8 (>= ~300 recommended)")
-    e.add_argument("--val", help="folder of validation photos (default: the calibration photos)")
-    e.add_argument("-o", "--output-dir", default="edgerep-out", help="where artifacts and manifests go")
-    e.add_argument("--layout", choices=["auto", "timm", "original", "edgerep"], default="auto")
+    e.add_argument("--target", default=None, type=comma_list,
+                   help="onnx, tflite, coreml, executorch, or all; comma-separated list allowed")
+    e.add_argument("--precision", default=None, type=comma_list,
+                   help="fp32, fp16, int8, w8, palettize4/6/8 (per target); comma list")
+    e.add_argument("--images", help="photos for both roles below (a folder, one subfolder per class for accuracy)")
+    e.add_argument("--calib", help="calibration photos for int8 (>= ~300 recommended; default: --images)")
+    e.add_argument("--val", help="validation photos (default: --images, else the calibration photos)")
+    e.add_argument("-o", "--output", default="edgerep-out", help="folder for artifacts and manifests")
+    e.add_argument("--checkpoint-layout", choices=["auto", "timm", "original", "edgerep"], default="auto",
+                   help="key naming of the checkpoint (default: detected from its keys)")
+    e.add_argument("--input-layout", choices=["nchw", "nhwc"],
+                   help="tensor layout of the artifact's input (default: the target's; nhwc: TFLite only)")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="target option, e.g. opset=18")
-    e.add_argument("--min-agreement", type=float, help="int8 top-1 agreement floor (default: the target's)")
+    e.add_argument("--min-agreement", type=fraction, help="int8 top-1 agreement floor (default: the target's)")
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    renamed(e, "--output-dir", "--output")
+    renamed(e, "--layout", "--checkpoint-layout")
     e.set_defaults(func=run)
-
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import defaults
-    from ..api import export_checkpoint
-    from ..report import human, table
-    from ..targets import target_names
+    from ..api import export_checkpoint, is_program
+    from ..export.targets import target_names
+    from ..tables import human, table
 
     name, checkpoint = args.model, args.checkpoint
+    if is_program(name) and checkpoint is None:  # a .pt2 program: any architecture, no zoo name
+        name, checkpoint = None, name
     demo = name is None and checkpoint is None
     if demo:  # the embedded default: the whole path on the shipped model and photos
         name, checkpoint = defaults.default_model_name(), str(defaults.default_model_path())
@@ -68,11 +79,13 @@ def run(args: argparse.Namespace) -> int:
         targets = split_list(args.target or "onnx")
         targets = target_names() if targets == ["all"] else targets
         plan = [(t, p) for t in targets for p in split_list(args.precision or "fp32")]
-    calib = args.calib or (str(defaults.default_images_dir()) if demo else None)
+    images = args.images or (str(defaults.default_images_dir()) if demo else None)
+    calib = args.calib or images
     options = dict(key_value(o) for o in args.option)
     rows, info = export_checkpoint(
-        name, checkpoint, plan=plan, output_dir=args.output_dir,
-        calibration=calib, validation=args.val or calib, layout=None if args.layout == "auto" else args.layout,
+        name, checkpoint, plan=plan, output_dir=args.output, calibration=calib, validation=args.val or images or calib,
+        checkpoint_layout=None if args.checkpoint_layout == "auto" else args.checkpoint_layout,
+        input_layout=args.input_layout,
         options=options or None,
         tolerance={"top1_agreement": args.min_agreement} if args.min_agreement is not None else None,
         progress=None if args.json else status,
@@ -107,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{info.model}: {checkpoint} ({info.form} form, layout {info.layout})")
     print(table(["target", "precision", "status", "size", "max abs err", "cosine", "top-1 agree", "top-1 torch->artifact",
                  "artifact"], table_rows, right={3, 4, 5, 6}))
-    print(f"artifacts and manifests in {args.output_dir}/")
+    print(f"artifacts and manifests in {args.output}/")
     for t, p, r in failed:
         print(f"error: {t} {p}: {r}", file=sys.stderr)
     return code

@@ -20,8 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import human, table
-    from ..zoo_summary import summarize_zoo
+    from ..tables import human, table
+    from ..zoo.summary import summarize_zoo
 
     rows = summarize_zoo(args.family)
     if args.json:

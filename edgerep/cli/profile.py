@@ -7,7 +7,7 @@ import json
 from collections import Counter
 
 from ..errors import BadInputError
-from .common import split_list, status
+from .common import positive_int, split_list, status
 
 ORDER = 40
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cores", help="host only: pin to these cores, e.g. 0 or 0,1")
     p.add_argument("--layers", nargs="?", type=int, const=10, default=0, metavar="N",
                    help="show the N slowest layers (default 10 when given)")
-    p.add_argument("--rounds", type=int, default=7, help="host only: interleaved timing rounds (default 7)")
+    p.add_argument("--rounds", type=positive_int, default=7, help="host only: interleaved timing rounds (default 7)")
     p.add_argument("--identity", help="ssh only: private key file")
     p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
                    help="ssh only: extra ssh -o option, repeatable (e.g. UserKnownHostsFile=kh, ProxyJump=gw)")
@@ -114,7 +114,7 @@ def _remote(args: argparse.Namespace) -> int:
           f"median {t.median_ms:.3f} ms" + (f", p90 {t.p90_ms:.3f} ms" if t.p90_ms is not None else "")
           + f" over {t.count} runs")
     if args.layers and result.ops:
-        from ..report import table
+        from ..tables import table
 
         ops = sorted(result.ops, key=lambda o: -o.avg_ms)[: args.layers]
         print(table(["op", "kind", "avg ms"], [(o.name[-48:], o.op, f"{o.avg_ms:.3f}") for o in ops], right={2}))
@@ -131,7 +131,7 @@ def _int(text: str, flag: str) -> int:
 def _predict(args: argparse.Namespace, profile, threads: int) -> int:
     from ..profile.graph_cost import graph_cost
     from ..profile.predict import predict
-    from ..report import human, table
+    from ..tables import human, table
 
     if not args.json:
         status(f"reading {args.artifact} and fitting the {profile.name} predictor")
@@ -162,7 +162,7 @@ def _predict(args: argparse.Namespace, profile, threads: int) -> int:
 
 def _measure(args: argparse.Namespace, threads: list[int]) -> int:
     from ..profile.host import profile_artifact
-    from ..report import table
+    from ..tables import table
 
     cores = [_int(c, "--cores") for c in split_list(args.cores)] if args.cores else None
     if not args.json:
@@ -201,7 +201,7 @@ def _measure(args: argparse.Namespace, threads: list[int]) -> int:
 def _list(as_json: bool) -> int:
     from ..profile.predict import loo_summary
     from ..profile.profiles import all_profiles, get_profile
-    from ..report import table
+    from ..tables import table
 
     profiles = all_profiles()
     host = get_profile("host")

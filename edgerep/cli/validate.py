@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import BadInputError, require
-from .common import status
+from ..errors import BadInputError
+from .common import fraction, positive_int, status
 
 ORDER = 25
 
@@ -39,9 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("artifact", help=".onnx or .tflite file (an edgerep export or any other)")
     v.add_argument("--arch", choices=["aarch64"], default="aarch64", help="architecture to emulate (default aarch64)")
     v.add_argument("--images", help="photo folder (default: the shipped photos; needs the artifact's manifest)")
-    v.add_argument("--random", type=int, metavar="N", help="use N seeded random inputs instead of photos")
-    v.add_argument("--limit", type=int, default=200, help="at most this many photos (emulation is slow; default 200)")
-    v.add_argument("--min-agreement", type=float, metavar="F",
+    v.add_argument("--random", type=positive_int, metavar="N", help="use N seeded random inputs instead of photos")
+    v.add_argument("--limit", type=positive_int, default=200,
+                   help="at most this many photos (emulation is slow; default 200)")
+    v.add_argument("--min-agreement", type=fraction, metavar="F",
                    help="fail (exit 1) when ARM and x86 agree on the top-1 class for less than this fraction")
     v.add_argument("--cache", help="where the aarch64 root is cached (default ~/.cache/edgerep)")
     v.add_argument("--json", action="store_true", help="print the comparison as JSON on stdout")
@@ -89,42 +90,28 @@ def _inputs(artifact: Path, args: argparse.Namespace):
     import numpy as np
 
     from .. import defaults
-    from ..images import Preprocess, list_images, load_images
-    from ..manifest import manifest_path, read_manifest
+    from ..export.manifest import manifest_path, manifest_preprocess, read_manifest
+    from ..images import list_images, load_images
 
     if args.random is not None:
-        if args.random < 1:
-            raise BadInputError(f"--random needs a positive count, got {args.random}")
-        shape = _artifact_shape(artifact, args)
+        shape = _artifact_shape(artifact)
         x = np.random.default_rng(0).standard_normal((args.random, *shape)).astype(np.float32)
         return x, f"{args.random} random inputs (standard normal, seed 0)"
     mpath = manifest_path(artifact)
     if not mpath.is_file():
         raise BadInputError(f"{artifact.name} has no manifest ({mpath.name}), so its preprocessing is unknown;"
                             " pass --random N to compare on random inputs")
-    pre = Preprocess.from_dict(read_manifest(mpath)["preprocess"])
+    pre = manifest_preprocess(read_manifest(mpath), mpath)
     folder = args.images or str(defaults.default_images_dir())
     items = list_images(folder)
-    if args.limit < 1:
-        raise BadInputError(f"--limit must be >= 1, got {args.limit}")
     files = items.files[:: max(1, -(-len(items.files) // args.limit))][: args.limit]  # spread over the classes
     batch = load_images(files, pre)
     return batch.images.numpy(), f"{len(files)} photos from {folder}"
 
 
-def _artifact_shape(artifact: Path, args: argparse.Namespace) -> tuple[int, int, int]:
-    """(C, H, W) of the artifact's input, from its manifest or, for any other file, from the file itself."""
-    from ..manifest import manifest_path, read_manifest
+def _artifact_shape(artifact: Path) -> tuple[int, int, int]:
+    """(C, H, W) of the artifact's input, read from the file itself (a manifest may be stale)."""
+    from ..backends import read_input_spec
+    from ..export.targets import artifact_suffixes, get_target
 
-    mpath = manifest_path(artifact)
-    if mpath.is_file():
-        spec = read_manifest(mpath)["input"]
-        shape = spec["shape"]
-        return tuple(shape[1:]) if spec.get("layout", "nchw") == "nchw" else (shape[3], shape[1], shape[2])
-    if artifact.suffix == ".onnx":
-        graph = require("onnx", "onnx").load(str(artifact), load_external_data=False).graph
-        dims = graph.input[0].type.tensor_type.shape.dim
-        return tuple(d.dim_value or 1 for d in dims)[1:]
-    interpreter = require("ai_edge_litert.interpreter", "tflite")  # .tflite (run() refused every other suffix)
-    shape = [int(d) for d in interpreter.Interpreter(model_path=str(artifact)).get_input_details()[0]["shape"]]
-    return (shape[3], shape[1], shape[2]) if shape[3] in (1, 3) and shape[1] not in (1, 3) else tuple(shape[1:])
+    return read_input_spec(get_target(artifact_suffixes()[artifact.suffix]), artifact).chw

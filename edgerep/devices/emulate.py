@@ -241,7 +241,7 @@ def compare_with_host(artifact: str | os.PathLike, inputs: np.ndarray, descripti
     """Run ``artifact`` on this host and as an aarch64 process on the same inputs; compare the outputs."""
     import torch
 
-    from ..numerics import output_error
+    from ..proof.numerics import closeness, output_error
 
     path = Path(artifact).resolve()
     if not path.is_file():
@@ -264,7 +264,7 @@ def compare_with_host(artifact: str | os.PathLike, inputs: np.ndarray, descripti
     arm_seconds = time.perf_counter() - t0
     arm["emulated"] = arm_python.qemu is not None
     err = output_error(torch.from_numpy(y_host), torch.from_numpy(y_arm))
-    agree = float((y_host.argmax(1) == y_arm.argmax(1)).mean()) if y_host.ndim == 2 else None  # not a classifier
+    agree = closeness(y_host, y_arm).top1 if y_host.ndim == 2 else None  # not a classifier
     return ArchComparison(str(path), description, len(inputs), host, arm, err.max_abs, err.rel, agree,
                           arm_seconds, setup)
 

@@ -4,7 +4,7 @@ This is what the latency predictor runs on, so it must work on any user's file, 
 Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for both formats:
 
 - ``macs``: convolutions (dense, pointwise 1x1, depthwise) and fully connected / matmul layers count
-  multiply-accumulates (what ``edgerep.metrics.count_macs`` counts in PyTorch); pools and elementwise ops count
+  multiply-accumulates (what ``edgerep.proof.metrics.count_macs`` counts in PyTorch); pools and elementwise ops count
   one operation per output element in ``elements`` instead, so MACs stay comparable with PyTorch's count.
 - ``bytes``: activations read and written plus weights read, in the dtype the runtime computes in (a
   quantized ONNX QDQ graph holds float tensors between its Q/DQ pairs, but runtimes fuse them into int8 kernels,

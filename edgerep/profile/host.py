@@ -8,7 +8,7 @@ An artifact is timed in a fresh subprocess (``python -m edgerep.profile.host``) 
 - core pinning (``cores``) is set before any runtime creates its thread pool, so every worker thread inherits it;
 - one runtime's thread pools cannot disturb another's.
 Each thread count gets its own session / interpreter (the runtimes' intra-op thread setting), all timed in
-interleaved rounds (``edgerep.metrics.interleaved_times``) so machine noise spreads over every setting alike.
+interleaved rounds (``edgerep.proof.metrics.interleaved_times``) so machine noise spreads over every setting alike.
 Core ML models cannot run here: Core ML executes only on macOS.
 LiteRT exposes no per-op profiler to Python (its op profiling lives in the C++ ``benchmark_model`` tool), so
 per-layer times are measured for ONNX only (onnxruntime's profiler, per node); for TFLite they can be predicted.
@@ -118,7 +118,7 @@ def profile_torch(model, input_shape: tuple[int, ...], threads: tuple[int, ...] 
     """The PyTorch reference, timed in this process (so no isolated peak memory) at each torch thread count."""
     import torch
 
-    from ..metrics import interleaved_times
+    from ..proof.metrics import interleaved_times
 
     threads = tuple(_check_threads(threads))
     x = torch.randn(1, *input_shape)
@@ -229,7 +229,7 @@ def _onnx_layers(path: str, n: int, runs: int) -> list[dict]:
 
 
 def _worker(job: dict) -> dict:
-    from ..metrics import interleaved_times
+    from ..proof.metrics import interleaved_times
 
     if job["cores"]:
         os.sched_setaffinity(0, job["cores"])  # before any runtime starts a thread: the pools inherit it

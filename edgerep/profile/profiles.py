@@ -12,7 +12,7 @@ A profile file (see device_profiles/pixel4.toml for a full example):
 ``host`` is not a file: this machine is described at run time from /proc/cpuinfo (``host_profile``), because a
 checked-in file would describe the machine it was written on, not the one running edgerep; and on the host
 edgerep measures instead of predicting. The files ship in the wheel as package data ``edgerep._device_profiles``;
-a checkout reads ``<repo>/device_profiles`` (the same lookup as ``edgerep.targets``).
+a checkout reads ``<repo>/device_profiles`` (the same lookup as ``edgerep.export.targets``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from functools import cache
 from pathlib import Path
 
 from ..errors import BadInputError
+from ..resources import data_folder
 from .reference_models import reference_names
 
 HOST = "host"
@@ -98,7 +99,7 @@ class Profile:
 
 def profile_names() -> list[str]:
     """Every shipped profile, sorted, then ``host``."""
-    return sorted(p.stem for p in _profile_dir().glob("*.toml")) + [HOST]
+    return sorted(p.stem for p in data_folder("device_profiles").glob("*.toml")) + [HOST]
 
 
 def get_profile(name: str) -> Profile:
@@ -119,7 +120,7 @@ def all_profiles() -> list[Profile]:
 
 @cache
 def _load(name: str) -> Profile:
-    path = _profile_dir() / f"{name}.toml"
+    path = data_folder("device_profiles") / f"{name}.toml"
     try:
         return parse_profile(tomllib.loads(path.read_text()), path)
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -169,12 +170,3 @@ def _sourced(d: dict, what: str) -> str:
     return source
 
 
-def _profile_dir() -> Path:
-    """``edgerep/_device_profiles`` in an installed wheel, else ``<repo>/device_profiles``."""
-    here = Path(__file__).resolve().parent.parent
-    for root in (here / "_device_profiles", here.parent / "device_profiles"):
-        if root.is_dir() and any(root.glob("*.toml")):
-            return root
-    raise BadInputError(
-        f"no device profiles in {here / '_device_profiles'} or {here.parent / 'device_profiles'}; reinstall edgerep"
-    )

@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError
-from ..report import table
+from ..proof.numerics import closeness, top1_accuracy
+from ..tables import table
 from . import fakequant
 from .graph import layer_order
 
@@ -83,10 +84,9 @@ def layer_sensitivity(
     def measure(quantized: list[str]) -> tuple[float, float | None]:
         with _quantized(modules, quantized, ranges, weight_bits):
             out = _logits(model, images, batch)
-        agree = (out.argmax(1) == ref.argmax(1)).double().mean().item()
-        return agree, None if labels is None else (out.argmax(1) == labels).double().mean().item()
+        return closeness(ref, out).top1, None if labels is None else top1_accuracy(out, labels)
 
-    top1_fp32 = None if labels is None else (ref.argmax(1) == labels).double().mean().item()
+    top1_fp32 = None if labels is None else top1_accuracy(ref, labels)
     agree_all, top1_all = measure(names)
     base_agree, base_top1 = (1.0, top1_fp32) if mode == "only" else (agree_all, top1_all)
     results = []
@@ -116,14 +116,11 @@ def checkpoint_sensitivity(
     Class folders are matched to the checkpoint's labels by name (as ``edgerep eval`` does); activation
     ranges come from ``calibration`` (a folder) or else from ``data`` itself.
     """
-    from ..checkpoints import load_model
-    from ..checkpoints.io import read_checkpoint
-    from ..evaluate import label_map, open_checkpoint, open_data
+    from ..accuracy.evaluate import label_map, open_checkpoint, open_data
     from ..reparam import reparameterize
 
     subject = open_checkpoint(checkpoint, model)  # model name, preprocessing and labels as `edgerep eval` reads them
-    net, _ = load_model(subject.model, read_checkpoint(Path(checkpoint)), where=str(checkpoint))
-    deployed = reparameterize(net.float().eval())
+    deployed = reparameterize(subject.module)
     source = open_data(data)
     images, labels = _load(source, subject)
     mapping, _ = label_map(source, subject.labels, subject.model)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 __all__ = [
     "KernelBias",
     "bn_scale_shift",
+    "bn_affine",
     "fold_bn",
     "identity_kernel",
     "pad_kernel",
@@ -46,11 +47,18 @@ def bn_scale_shift(bn: nn.BatchNorm2d | nn.BatchNorm1d) -> tuple[Tensor, Tensor]
     """Eval-mode BatchNorm as ``y = x * scale + shift`` (per channel)."""
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("BatchNorm without running statistics (track_running_stats=False) cannot be folded")
-    std = (bn.running_var + bn.eps).sqrt()
-    gamma = bn.weight if bn.weight is not None else torch.ones_like(std)
-    beta = bn.bias if bn.bias is not None else torch.zeros_like(std)
+    return bn_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+
+def bn_affine(
+    mean: Tensor, var: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Eval-mode batch norm from its tensors (``F.batch_norm`` on buffers, an ATen ``batch_norm`` node)."""
+    std = (var + eps).sqrt()
+    gamma = weight if weight is not None else torch.ones_like(std)
+    beta = bias if bias is not None else torch.zeros_like(std)
     scale = gamma / std
-    return scale, beta - bn.running_mean * scale
+    return scale, beta - mean * scale
 
 
 def fold_bn(kernel: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> KernelBias:

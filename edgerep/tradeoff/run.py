@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..console import captured
 from ..errors import BadInputError, EdgerepError
 from .latency import Latency, latency
 from .table import TradeoffRow, fill_speedups, mark_pareto
@@ -49,7 +50,7 @@ def model_source(spec: str, workdir: Path) -> tuple[str | None, Path, str]:
     if Path(spec).is_file():
         return None, Path(spec), ""
     from ..checkpoints.load import save_checkpoint
-    from ..numerics import randomize_bn
+    from ..proof.numerics import randomize_bn
     from ..zoo import create_model, get_spec
 
     get_spec(spec)  # an unknown name is refused here, with suggestions
@@ -94,7 +95,8 @@ def summarize(model: str, target: str, precision: str, result, note: str) -> Exp
 def measure(artifact: Path, device: str, threads: int, precision: str, ssh=None) -> tuple[Latency | None, str]:
     """(latency, "") or (None, why): an unreachable device or a runtime refusing the file keeps the row."""
     try:
-        return latency(artifact, device, threads, precision, ssh=ssh), ""
+        with captured(f"timing {artifact.name}"):  # runtime logs only with --verbose or on failure
+            return latency(artifact, device, threads, precision, ssh=ssh), ""
     except BadInputError as exc:
         return None, f"latency failed: {exc}"
 

@@ -104,7 +104,7 @@ def to_json(rows: list[TradeoffRow]) -> str:
 
 
 def terminal_table(rows: list[TradeoffRow]) -> str:
-    from ..report import table
+    from ..tables import table
 
     keep = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 14)
     return table([_HEADERS[i] for i in keep], [[_cells(r)[i] for i in keep] for r in rows], right={3, 4, 5, 6, 7, 10})

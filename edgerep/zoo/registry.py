@@ -45,7 +45,6 @@ def register_model(family: str, **meta) -> Callable[[Callable[..., nn.Module]], 
 
 def get_spec(name: str) -> ModelSpec:
     """The registered model ``name``; an unknown name is a user error that suggests the closest names."""
-    _load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -64,10 +63,4 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
 
 def list_models(family: str | None = None) -> list[str]:
     """Sorted names of every registered model, or of one ``family``."""
-    _load_all()
     return sorted(n for n, s in _REGISTRY.items() if family is None or s.family == family)
-
-
-def _load_all() -> None:
-    # Importing the package runs every model module's @register_model.
-    from . import _models  # noqa: F401

@@ -14,6 +14,9 @@ from ..fuse import KernelBias, add_branches, fold_bn, pair
 from .base import ReparamBlock, deploy_conv
 
 
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
 class ACBlock(ReparamBlock):
     """``BN(Wkxk * x) + BN(Wkx1 * x) + BN(W1xk * x)`` with one shared sampling grid.
 
@@ -21,7 +24,9 @@ class ACBlock(ReparamBlock):
     centre row). With ``padding < dilation * (k // 2)`` that column lies inside the image, so the
     kx1 branch's input is cropped by the difference on the left and right (as ACNet does); with a
     larger padding it is zero-padded by the difference. Any padding, stride, dilation and groups
-    therefore fuse exactly.
+    therefore fuse exactly. ``padding_mode`` (zeros, reflect, replicate, circular) is the original's option:
+    every branch pads its rows / columns the same way as the square conv (the centre column of a kxk window
+    on a reflect-padded input is a kx1 window on the same padding), so the fused conv keeps that mode.
     """
 
     def __init__(
@@ -33,8 +38,11 @@ class ACBlock(ReparamBlock):
         padding: int | tuple[int, int] | None = None,
         dilation: int = 1,
         groups: int = 1,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"ACB padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"ACB needs an odd kernel size (its kx1/1xk branches need a centre), got {kernel_size}")
         reach = dilation * (kernel_size // 2)  # offset of the kernel centre from its first tap
@@ -42,7 +50,7 @@ class ACBlock(ReparamBlock):
         if ph < 0 or pw < 0:
             raise ValueError(f"ACB padding must be >= 0, got {padding}")
         k = kernel_size
-        conv = dict(stride=stride, dilation=dilation, groups=groups, bias=False)
+        conv = dict(stride=stride, dilation=dilation, groups=groups, bias=False, padding_mode=padding_mode)
         self.square_conv = nn.Conv2d(in_channels, out_channels, (k, k), padding=(ph, pw), **conv)
         self.square_bn = nn.BatchNorm2d(out_channels)
         # Columns the kx1 branch crops (padding too small) or pads (padding larger than "same").

@@ -23,7 +23,7 @@ from ..fuse import (
     identity_kernel,
     merge_sequential,
 )
-from .base import ConvBN, ReparamBlock, deploy_conv
+from .base import ConvBN, FusedConv, ReparamBlock, deploy_conv, is_identity
 
 
 class BNAndPad(nn.Module):
@@ -89,6 +89,8 @@ class DiverseBranchBlock(ReparamBlock):
     are omitted (a depthwise 1x1 is only a per-channel scale, which the BNs already have) and the
     1x1 -> kxk branch widens to ``2 * in`` internal channels, as in the original. When the internal
     width equals ``in_channels`` its 1x1 is identity-initialised (``IdentityBasedConv1x1``).
+    ``nonlinear`` is the original's option: an activation after the sum, kept after the fused conv
+    (``FusedConv(reparam_conv, act=nonlinear)``); without it the deploy form is the plain conv.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class DiverseBranchBlock(ReparamBlock):
         dilation: int = 1,
         groups: int = 1,
         internal_channels: int | None = None,
+        nonlinear: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
@@ -142,12 +145,13 @@ class DiverseBranchBlock(ReparamBlock):
         second = nn.Conv2d(internal_channels, out_channels, k, stride, 0, dilation, groups, bias=False)
         self.dbb_1x1_kxk.add_module("conv2", second)
         self.dbb_1x1_kxk.add_module("bn2", nn.BatchNorm2d(out_channels))
+        self.nonlinear = None if is_identity(nonlinear) else nonlinear
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.dbb_origin(x) + self.dbb_avg(x) + self.dbb_1x1_kxk(x)
         if self.dbb_1x1 is not None:
             y = y + self.dbb_1x1(x)
-        return y
+        return y if self.nonlinear is None else self.nonlinear(y)
 
     def get_kernel_bias(self) -> KernelBias:
         branches = [self.dbb_origin.get_kernel_bias(), self._avg_kernel_bias(), self._1x1_kxk_kernel_bias()]
@@ -155,8 +159,9 @@ class DiverseBranchBlock(ReparamBlock):
             branches.append(self.dbb_1x1.get_kernel_bias())
         return add_branches(branches)
 
-    def fuse(self) -> nn.Conv2d:
-        return deploy_conv(self.get_kernel_bias(), self.dbb_origin.conv)
+    def fuse(self) -> nn.Module:
+        conv = deploy_conv(self.get_kernel_bias(), self.dbb_origin.conv)
+        return conv if self.nonlinear is None else FusedConv(conv, act=self.nonlinear)
 
     def _avg_kernel_bias(self) -> KernelBias:
         weight = self.dbb_origin.conv.weight

@@ -27,6 +27,10 @@ class RepGhostModule(ReparamBlock):
     ``fuse`` returns a ``RepGhostDeploy``, primary conv then that single depthwise conv. The module
     is the ``ReparamBlock`` (not the cheap op alone) because the conversion removes ``fusion_bn``, a
     sibling of the cheap op: replacing the module is what yields timm's deploy layout.
+
+    ``reparam_bn`` / ``reparam_identity`` are the original's options: ``fusion_bn`` holds a BN branch
+    (``fusion_bn.0``, the default), a plain identity branch (no parameters; the "repid" variants), both
+    (BN first, as the original orders them) or neither.
     """
 
     def __init__(
@@ -37,6 +41,8 @@ class RepGhostModule(ReparamBlock):
         dw_size: int = 3,
         stride: int = 1,
         relu: bool = True,
+        reparam_bn: bool = True,
+        reparam_identity: bool = False,
     ) -> None:
         super().__init__()
         if kernel_size % 2 == 0 or dw_size % 2 == 0:
@@ -50,7 +56,8 @@ class RepGhostModule(ReparamBlock):
         if relu:
             primary.append(nn.ReLU())
         self.primary_conv = nn.Sequential(*primary)
-        self.fusion_bn = nn.Sequential(nn.BatchNorm2d(out_channels))
+        fusion = ([nn.BatchNorm2d(out_channels)] if reparam_bn else []) + ([nn.Identity()] if reparam_identity else [])
+        self.fusion_bn = nn.Sequential(*fusion)
         self.cheap_operation = nn.Sequential(
             nn.Conv2d(out_channels, out_channels, dw_size, 1, dw_size // 2, groups=out_channels, bias=False),
             nn.BatchNorm2d(out_channels),
@@ -59,12 +66,15 @@ class RepGhostModule(ReparamBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         x1 = self.primary_conv(x)
-        y = self.cheap_operation(x1) + self.fusion_bn(x1)
+        y = self.cheap_operation(x1)
+        for branch in self.fusion_bn:
+            y = y + branch(x1)
         return self.relu(y) if self.relu is not None else y
 
     def get_kernel_bias(self) -> KernelBias:
         conv, bn = self.cheap_operation
-        return add_branches([fold_bn(conv.weight, None, bn), identity_branch(conv, self.fusion_bn[0])])
+        shortcuts = [identity_branch(conv, b if isinstance(b, nn.BatchNorm2d) else None) for b in self.fusion_bn]
+        return add_branches([fold_bn(conv.weight, None, bn), *shortcuts])
 
     def fuse(self) -> RepGhostDeploy:
         cheap = deploy_conv(self.get_kernel_bias(), self.cheap_operation[0])

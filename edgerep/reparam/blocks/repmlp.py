@@ -14,6 +14,15 @@ channel. It cannot be folded, so the deploy form keeps it unchanged. Not impleme
 paper's ResNet variant (global perceptron added to the partitions, channel FC), and RepMLPNet's
 surrounding unit (pre-BN, FFN, residual), which is made of plain layers. Module names follow the original
 repository (``fc3``, ``fc3_bn``, ``repconv{k}.conv/.bn``, ``gp.fc1/.fc2``) so its checkpoints load.
+
+Partition order (``layout``): edgerep (``"edgerep"``, the default) follows the paper, every output value
+goes back to the patch and channel it was computed for. The original code (``"original"``) reads its
+patch rows in (patch row, patch column, channel group) order but writes them back as if they were in
+(channel group, patch row, patch column) order (``partition_affine``'s ``reshape(-1, h_parts, w_parts, S,
+h, w)``), so with more than one patch per image and ``channels / sharesets > 1`` its outputs are those
+values permuted across patches and channel groups. ``layout="original"`` reproduces exactly that, in
+train and deploy form, so an original checkpoint gives the original code's outputs at any input size.
+Both layouts fuse the same way (the FC acts on one patch row); only the write-back differs.
 """
 
 from __future__ import annotations
@@ -59,8 +68,12 @@ class RepMLPBlock(ReparamBlock):
         kernel_sizes: Iterable[int] = (1, 3),
         sharesets: int = 1,
         gp_reduction: int | None = 4,
+        layout: str = "edgerep",
     ) -> None:
         super().__init__()
+        if layout not in _LAYOUTS:
+            raise ValueError(f"RepMLP layout must be 'edgerep' (the paper's partition order) or 'original' "
+                             f"(the original code's), got {layout!r}")
         kernel_sizes = tuple(kernel_sizes)
         if h < 1 or w < 1:
             raise ValueError(f"patch size must be positive, got {h}x{w}")
@@ -72,6 +85,7 @@ class RepMLPBlock(ReparamBlock):
             raise ValueError(f"gp_reduction must be in [1, {channels}] or None, got {gp_reduction}")
         self.channels, self.h, self.w, self.sharesets = channels, h, w, sharesets
         self.kernel_sizes = kernel_sizes
+        self.layout = layout
         n = sharesets * h * w
         self.fc3 = nn.Conv2d(n, n, 1, groups=sharesets, bias=False)
         self.fc3_bn = nn.BatchNorm2d(sharesets)
@@ -87,7 +101,7 @@ class RepMLPBlock(ReparamBlock):
         y = self.fc3_bn(self.fc3(patches.reshape(patches.shape[0], -1, 1, 1)).reshape_as(patches))
         for branch in self._local_branches():
             y = y + branch(patches)
-        y = _from_patches(y, x.shape, self.h, self.w)
+        y = _LAYOUTS[self.layout](y, x.shape, self.h, self.w)
         return y if self.gp is None else y * self.gp(x)
 
     def get_kernel_bias(self) -> KernelBias:
@@ -106,22 +120,25 @@ class RepMLPBlock(ReparamBlock):
         return add_branches(branches)
 
     def fuse(self) -> PatchFC:
-        return PatchFC(deploy_conv(self.get_kernel_bias(), self.fc3), self.h, self.w, self.gp)
+        return PatchFC(deploy_conv(self.get_kernel_bias(), self.fc3), self.h, self.w, self.gp, self.layout)
 
 
 class PatchFC(nn.Module):
     """Deploy form of ``RepMLPBlock``: ``gp(x) * unpatch(fc3(patches))``, with no conv branches left."""
 
-    def __init__(self, fc3: nn.Conv2d, h: int, w: int, gp: GlobalPerceptron | None = None) -> None:
+    def __init__(
+        self, fc3: nn.Conv2d, h: int, w: int, gp: GlobalPerceptron | None = None, layout: str = "edgerep"
+    ) -> None:
         super().__init__()
         self.fc3 = fc3
         self.h, self.w = h, w
         self.gp = gp
+        self.layout = layout
 
     def forward(self, x: Tensor) -> Tensor:
         patches = _to_patches(x, self.h, self.w, self.fc3.groups)
         y = self.fc3(patches.reshape(patches.shape[0], -1, 1, 1)).reshape_as(patches)
-        y = _from_patches(y, x.shape, self.h, self.w)
+        y = _LAYOUTS[self.layout](y, x.shape, self.h, self.w)
         return y if self.gp is None else y * self.gp(x)
 
 
@@ -139,6 +156,17 @@ def _from_patches(y: Tensor, shape: torch.Size, h: int, w: int) -> Tensor:
     n, c, height, width = shape
     y = y.reshape(n, height // h, width // w, c, h, w).permute(0, 3, 1, 4, 2, 5)
     return y.reshape(n, c, height, width)
+
+
+def _from_patches_original(y: Tensor, shape: torch.Size, h: int, w: int) -> Tensor:
+    """The original code's write-back: rows read as (channel group, patch row, patch column), see the module doc."""
+    n, c, height, width = shape
+    s = y.shape[1]
+    y = y.reshape(-1, height // h, width // w, s, h, w).permute(0, 3, 1, 4, 2, 5)
+    return y.reshape(n, c, height, width)
+
+
+_LAYOUTS = {"edgerep": _from_patches, "original": _from_patches_original}
 
 
 def _conv_as_fc(kb: KernelBias, h: int, w: int) -> KernelBias:

@@ -44,8 +44,9 @@ class ResRepPair(ReparamBlock):
     starts with one (e.g. ``ConvBN``), or another ``ResRepPair``. ``threshold``: rows of the compactor
     whose L2 norm is ``<= threshold`` are removed at fuse time. The default 0 removes only exactly zero
     rows, so the deploy form stays exact. A larger value prunes more and changes the function a little
-    (see ``removed_channels``). ``act`` defaults to ReLU, as in ResRep's ResNets; pass ``nn.Identity()``
-    for none.
+    (see ``removed_channels``). ``threshold_rule="<"`` is the original repository's rule instead: rows with
+    norm ``< threshold`` go, so threshold 0 prunes nothing, not even exactly zero rows. ``act`` defaults to
+    ReLU, as in ResRep's ResNets; pass ``nn.Identity()`` for none.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class ResRepPair(ReparamBlock):
         consumer: nn.Module,
         act: nn.Module | None = None,
         threshold: float = 0.0,
+        threshold_rule: str = "<=",
     ) -> None:
         super().__init__()
         channels = conv.out_channels
@@ -70,6 +72,8 @@ class ResRepPair(ReparamBlock):
             )
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
+        if threshold_rule not in ("<=", "<"):
+            raise ValueError(f"threshold_rule must be '<=' (edgerep) or '<' (the original ResRep), got {threshold_rule!r}")
         act = act if act is not None else nn.ReLU()
         with torch.no_grad():
             zero = torch.zeros(1, channels, 8, 8, dtype=conv.weight.dtype, device=conv.weight.device)
@@ -83,6 +87,7 @@ class ResRepPair(ReparamBlock):
         self.act = act
         self.consumer = consumer
         self.threshold = threshold
+        self.threshold_rule = threshold_rule
 
     def forward(self, x: Tensor) -> Tensor:
         return self.consumer(self.act(self.compactor(self.bn(self.conv(x)))))
@@ -95,7 +100,7 @@ class ResRepPair(ReparamBlock):
         """Indices of the channels that survive pruning. At least one is always kept, so the layer stays valid."""
         threshold = self.threshold if threshold is None else threshold
         norms = self.compactor_norms().detach()
-        keep = torch.nonzero(norms > threshold).flatten()
+        keep = torch.nonzero(norms > threshold if self.threshold_rule == "<=" else norms >= threshold).flatten()
         return keep if keep.numel() else norms.argmax().reshape(1)
 
     def removed_channels(self, threshold: float | None = None) -> int:

@@ -225,6 +225,33 @@ class Form:
             pad += [lo, out + (end - start) - lo]
         return Form(kb, first.in_channels, g, first.stride, tuple(dilation), tuple(pad))
 
+    # ---- channel slices and concatenation (chunk / split / cat along channels)
+    def select(self, lo: int, hi: int) -> Form:
+        """Output channels ``lo:hi`` of this form: its kernel rows. Only a dense (groups=1) form slices freely."""
+        if self.groups != 1:
+            raise NotExact(f"a channel slice of a {self.groups}-group conv (or of the branch source) is not one conv "
+                           "of the same input")
+        kb = KernelBias(self.kb.kernel[lo:hi], self.kb.bias[lo:hi])
+        return replace(self, kb=kb, identity=False)
+
+    @staticmethod
+    def concat(forms: list[Form]) -> Form:
+        """Forms concatenated along channels: each padded with zero rows to the total, then ``Form.add``.
+
+        Dense forms only: concatenating grouped pieces would need a dense kernel (more MACs than the source).
+        """
+        if any(f.groups != 1 for f in forms):
+            raise NotExact("concatenating grouped convs (or the branch source itself) would make a dense conv")
+        total = sum(f.channels for f in forms)
+        padded, start = [], 0
+        for f in forms:
+            k, b = f.kb
+            rows = (start, total - start - f.channels)
+            kernel = F.pad(k, [0, 0, 0, 0, 0, 0, *rows])
+            padded.append(replace(f, kb=KernelBias(kernel, F.pad(b, list(rows))), identity=False))
+            start += f.channels
+        return Form.add(padded)
+
     def negate(self) -> Form:
         return self.affine(scale=self.kb.bias.new_full((self.channels,), -1.0))
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..fuse import pair
+from ..fuse import bn_affine, pair
 from .form import Form
 from .trace import Constants, SizeExpr, size_expr
 
@@ -27,17 +27,20 @@ __all__ = ["Classifier", "Linear", "Opaque", "Sum"]
 class Linear:
     input: fx.Node
     apply: Callable[[Form], Form]
+    fanout: bool = False  # reads its input through a split other nodes read too: starts a new branch there
 
 
 @dataclass
 class Sum:
     terms: list[tuple[fx.Node, int]]  # (tensor input, +1 or -1)
+    concat: bool = False  # concatenation along channels instead of a sum
 
 
 @dataclass
 class Opaque:
     reason: str
     inexact: bool = False  # a linear op that would not be exact here (worth a refusal, not just a boundary)
+    report: bool = False  # refused wherever it is (batch norm on batch statistics), not only inside a branch set
 
 
 _ADD = {operator.add, operator.iadd, torch.add, "add", "add_"}
@@ -83,7 +86,7 @@ class Classifier:
             return Linear(x, lambda f: f.conv(m.weight, m.bias, m.stride, pad, m.dilation, m.groups))
         if isinstance(m, nn.BatchNorm2d):
             if m.training:
-                return Opaque(f"{kind} in training mode (batch statistics): call model.eval()", True)
+                return Opaque(f"{kind} in training mode (batch statistics): call model.eval()", True, report=True)
             if m.running_mean is None:
                 return Opaque(f"{kind} without running statistics", True)
             return Linear(x, lambda f: f.batch_norm(m))
@@ -119,13 +122,14 @@ class Classifier:
         if t in (F.conv2d, torch.conv2d):
             return self._conv_fn(node)
         if t is F.avg_pool2d:
-            names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
-            a = _bind(args, kwargs, names, {"stride": None, "padding": 0, "ceil_mode": False,
-                                             "count_include_pad": True, "divisor_override": None})
-            self._const_args(node, a, names[1:])
-            return self._avg(a["input"], *(self.consts.value(a[n]) for n in names[1:]))
+            return self._avg_fn(node)
         if t is F.pad:
             return self._pad_fn(node)
+        if t is F.batch_norm:
+            names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+            a = _bind(args, kwargs, names, {"weight": None, "bias": None, "training": False, "momentum": 0.1,
+                                             "eps": 1e-5})
+            return self.batch_norm(node, a)
         if t is F.dropout:
             a = _bind(args, kwargs, ("input", "p", "training"), {"p": 0.5, "training": True})
             return Opaque("dropout in training mode") if a["training"] else Linear(a["input"], lambda f: f)
@@ -141,6 +145,13 @@ class Classifier:
             return self._scale(node, divide=t in _DIV)
         return Opaque(f"{getattr(t, '__name__', t)} (not a linear shift-invariant op)")
 
+    def _avg_fn(self, node: fx.Node) -> Linear | Opaque:
+        names = ("input", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+        a = _bind(node.args, node.kwargs, names, {"stride": None, "padding": 0, "ceil_mode": False,
+                                                  "count_include_pad": True, "divisor_override": None})
+        self._const_args(node, a, names[1:])
+        return self._avg(a["input"], *(self.consts.value(a[n]) for n in names[1:]))
+
     def _conv_fn(self, node: fx.Node) -> Linear | Opaque:
         names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
         a = _bind(node.args, node.kwargs, names, {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1})
@@ -152,6 +163,18 @@ class Classifier:
         if pad is None:
             return Opaque("conv2d padding='same' with stride > 1", True)
         return Linear(a["input"], lambda f: f.conv(w, b, pair(s), pad, pair(d), int(g)))
+
+    def batch_norm(self, node: fx.Node, a: dict) -> Linear | Opaque:
+        """Functional batch norm (timm's BatchNormAct2d, an ATen node): folds in eval on running statistics."""
+        if self.consts.is_const(a["training"]) and not self.consts.value(a["training"]):
+            self._const_args(node, a, ("running_mean", "running_var", "weight", "bias", "eps"))
+            if a["running_mean"] is None or a["running_var"] is None:
+                return Opaque("batch_norm without running statistics", True, report=True)
+            mean, var, w, b = (self.consts.value(a[n]) for n in ("running_mean", "running_var", "weight", "bias"))
+            scale, shift = bn_affine(mean, var, w, b, float(self.consts.value(a["eps"])))
+            return Linear(a["input"], lambda f: f.affine(scale, shift))
+        return Opaque("batch_norm with training=True (batch statistics, not foldable): put that module in eval() "
+                      "or make it use running statistics", True, report=True)
 
     def _pad_fn(self, node: fx.Node) -> Linear | Opaque:
         a = _bind(node.args, node.kwargs, ("input", "pad", "mode", "value"), {"mode": "constant", "value": None})

@@ -12,16 +12,58 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
-from .form import Form
+from .aten import CONV_OPS
+from .form import Form, NotExact
 from .ops import Classifier, Linear, Opaque, Sum
 from .trace import Constants
 
-__all__ = ["Branch", "Refusal", "find_chains", "rewrite_chain"]
+__all__ = ["Branch", "GrowsGraph", "Refusal", "conv_weights", "convs_in", "count_convs", "find_chains", "rewrite_chain", "where"]
 
 _CALLS = ("call_function", "call_method", "call_module")
 _WALK_LIMIT = 64
+
+
+class GrowsGraph(ValueError):
+    """The merge would leave more convolutions than the source: it is not done."""
+
+
+def convs_in(gm: fx.GraphModule, node: fx.Node) -> int:
+    """2-d convolutions one node runs, whichever way the graph writes them (module, functional, ATen)."""
+    if node.op == "call_module":
+        return sum(isinstance(m, nn.Conv2d) for m in gm.get_submodule(node.target).modules())
+    if node.op == "call_function":
+        return int(node.target in (F.conv2d, torch.conv2d) or node.target in CONV_OPS)
+    return 0
+
+
+def conv_weights(gm: fx.GraphModule, node: fx.Node) -> int:
+    """Weights of the convolutions one node runs: the cost a merge must not raise (MACs per output pixel)."""
+    if node.op == "call_module":
+        return sum(m.weight.numel() for m in gm.get_submodule(node.target).modules() if isinstance(m, nn.Conv2d))
+    if not convs_in(gm, node):
+        return 0
+    w = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    meta = w.meta.get("tensor_meta") if isinstance(w, fx.Node) else None
+    return int(torch.Size(meta.shape).numel()) if meta is not None else int(w.numel())
+
+
+def count_convs(gm: fx.GraphModule) -> int:
+    """Convolutions in the graph (a module called twice counts twice: that is what runs)."""
+    return sum(convs_in(gm, n) for n in gm.graph.nodes)
+
+
+def where(node: fx.Node) -> str:
+    """A node as a user finds it: the module path it came from and the op (``stages.1.bn (aten.batch_norm)``)."""
+    stack = node.meta.get("nn_module_stack")
+    path = list(stack.values())[-1][0] if stack else (node.target if node.op == "call_module" else "")
+    op = node.target if node.op == "call_module" else getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload):
+        op = str(node.target)
+    return f"{path or '<model>'} ({op}, node {node.name})"
 
 
 @dataclass
@@ -30,6 +72,7 @@ class Branch:
     form: Form
     members: list[fx.Node]
     sets: int = 0  # sums inside: 0 = a plain chain (conv -> BN ...), else parallel branches merged
+    concats: int = 0  # channel concatenations among those sets
 
 
 @dataclass
@@ -68,7 +111,7 @@ class _Walk:
         An op that is not exact even on its plain input only records why: it is a refusal only if it
         sits inside a branch set, which the sum below finds (``_diagnose``).
         """
-        base = self.view(op.input)
+        base = Branch(op.input, self.identity(op.input), []) if op.fanout else self.view(op.input)
         try:
             self._extend(node, base, op)
         except ValueError as exc:  # NotExact, or fuse.py refusing shapes it cannot combine
@@ -81,7 +124,12 @@ class _Walk:
 
     def _extend(self, node: fx.Node, base: Branch, op: Linear) -> None:
         form = op.apply(base.form)
-        self.val[node] = Branch(base.src, form, base.members + [node], base.sets)
+        gm = self.classifier.gm
+        if base.members and (base.concats or not base.sets) and convs_in(gm, node):
+            grown = form.kb.kernel.numel() - base.form.kb.kernel.numel() - conv_weights(gm, node)
+            if grown > 0:  # a 1x1 projection into a wider conv: fold up to here, start again at this conv
+                raise NotExact(f"folding {node.name} into the conv before it would add {grown} weights")
+        self.val[node] = Branch(base.src, form, base.members + [node], base.sets, base.concats)
         if base.members:
             self.absorbed.add(op.input)
 
@@ -92,13 +140,19 @@ class _Walk:
             self._diagnose(node, [v for v, _ in views])
             return
         try:
-            form = Form.add([v.form if s > 0 else v.form.negate() for v, s in views])
+            forms = [v.form if s > 0 else v.form.negate() for v, s in views]
+            form = Form.concat(forms) if op.concat else Form.add(forms)
+            pieces = sum(f.kb.kernel.numel() for f in forms)
+            if op.concat and form.kb.kernel.numel() > pieces:
+                raise GrowsGraph(f"one conv for the concatenated branches would have {form.kb.kernel.numel()} "
+                                 f"weights, the branches {pieces} (more MACs)")
         except ValueError as exc:
             ends = ", ".join(v.members[-1].name if v.members else v.src.name for v, _ in views)
-            self.refusals.append(Refusal(node.name, f"branches ({ends}) from {views[0][0].src.name}: {exc}"))
+            self.refusals.append(Refusal(where(node), f"branches ({ends}) from {views[0][0].src.name}: {exc}"))
             return
         members = list(dict.fromkeys(m for v, _ in views for m in v.members))
-        self.val[node] = Branch(views[0][0].src, form, members + [node], 1 + sum(v.sets for v, _ in views))
+        self.val[node] = Branch(views[0][0].src, form, members + [node], 1 + sum(v.sets for v, _ in views),
+                                int(op.concat) + sum(v.concats for v, _ in views))
         for (x, _), (v, _) in zip(op.terms, views):
             if v.members:
                 self.absorbed.add(x)
@@ -112,7 +166,7 @@ class _Walk:
                 obstacle = self._meets(v.src, w.src)
                 if obstacle is not None:
                     self.refusals.append(
-                        Refusal(node.name, f"its branches from {w.src.name} do not stay linear: {obstacle}")
+                        Refusal(where(node), f"its branches from {w.src.name} do not stay linear: {obstacle}")
                     )
                     return
 
@@ -140,9 +194,11 @@ class _Walk:
         return f"{node.name} is not linear"
 
 
-def find_chains(gm: fx.GraphModule, consts: Constants) -> tuple[list[tuple[fx.Node, Branch]], list[Refusal]]:
-    """Every chain end (node, branch) in graph order, and the refused branch sets."""
-    walk = _Walk(Classifier(gm, consts))
+def find_chains(
+    gm: fx.GraphModule, consts: Constants, classifier: type[Classifier] = Classifier
+) -> tuple[list[tuple[fx.Node, Branch]], list[Refusal]]:
+    """Every chain end (node, branch) in graph order, and the refused branch sets (and batch-statistics BNs)."""
+    walk = _Walk(classifier(gm, consts))
     for node in gm.graph.nodes:
         if node.op not in _CALLS or consts.is_const(node) or walk.ndim(node) != 4:
             continue
@@ -153,6 +209,8 @@ def find_chains(gm: fx.GraphModule, consts: Constants) -> tuple[list[tuple[fx.No
             walk.sum(node, op)
         elif isinstance(op, Opaque):
             walk.stops[node] = f"{op.reason} (not exact)" if op.inexact else op.reason
+            if op.report:
+                walk.refusals.append(Refusal(where(node), op.reason))
     ends = [(n, b) for n, b in walk.val.items() if n not in walk.absorbed]
     return ends, walk.refusals
 
@@ -170,6 +228,14 @@ def rewrite_chain(gm: fx.GraphModule, end: fx.Node, branch: Branch, src: fx.Node
     added = 2 if isinstance(module, nn.Sequential) else 1
     if removed <= added:
         return None
+    if not any(convs_in(gm, n) for n in dead):
+        raise GrowsGraph("merging would add a convolution where the source has none")
+    # A sum of branches takes the largest branch's kernel (the re-parameterization itself); a chain of convs
+    # or a concatenation can instead multiply weights: a 1x1 projection into a wider 1x1, kernels of
+    # different sizes concatenated. Those merges must not raise the weights (MACs per output pixel).
+    before, after = sum(conv_weights(gm, n) for n in dead), branch.form.kb.kernel.numel()
+    if (branch.concats or not branch.sets) and after > before:
+        raise GrowsGraph(f"merging would grow the convolution weights from {before} to {after} (more MACs)")
     name = _free_name(gm, _common_prefix(dead))
     gm.add_submodule(name, module)
     with gm.graph.inserting_after(end):

@@ -25,19 +25,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .backends import ExportRequest, get_backend
-from .checkpoints.load import LoadInfo, sha256_file
-from .errors import BadInputError, VerificationError
-from .images import ImageSource, Preprocess, list_images, load_images
-from .manifest import MANIFEST_VERSION, manifest_path, sha256_path, size_bytes, tool_versions, write_manifest
-from .numerics import output_error
-from .reparam import count_blocks
+from ..backends import ExportRequest, backend_for
+from ..checkpoints import LoadInfo
+from ..console import captured, progress_bar
+from ..errors import BadInputError, VerificationError
+from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
+from ..images import Batch, ImageList, ImageSource, Preprocess, evenly_spaced, list_images, load_images, match_classes
+from ..proof.numerics import closeness, output_error, top1_accuracy
+from ..reparam import count_blocks
+from .manifest import MANIFEST_VERSION, manifest_path, size_bytes, tool_versions
 from .targets import AGREEMENT_FLOORS, ERROR_BOUNDS, get_target
 
 __all__ = ["ExportResult", "ExportWarning", "InputSetResult", "Validation", "export"]
 
 RANDOM_INPUTS = 8
-Images = ImageSource | Tensor
+Images = ImageSource | Tensor | Batch  # a folder / file list, preprocessed NCHW inputs, or decoded photos
+ModelLabels = tuple[list[str] | None, str]  # the model's labels (None: unrecorded) and its name, for messages
 
 
 class ExportWarning(UserWarning):
@@ -99,7 +102,7 @@ def export(
     labels: list[str] | None = None,
     source: LoadInfo | str | Path | None = None,
     options: dict | None = None,
-    layout: str | None = None,
+    input_layout: str | None = None,
     scheme: str | None = None,
     tolerance: dict | None = None,
     batch: int = 1,
@@ -115,10 +118,11 @@ def export(
     """
     started = time.perf_counter()
     say = progress or (lambda _msg: None)
+    bars = progress is not None  # a progress bar per image set, when the caller shows progress at all
     tgt = get_target(target)
     prec = tgt.precision(precision)
     opts = tgt.resolve_options(options)
-    layout = tgt.resolve_layout(layout)
+    layout = tgt.resolve_layout(input_layout)
     scheme = tgt.resolve_scheme(prec, scheme)
     tol = tgt.tolerance(prec, tolerance)
     if count_blocks(model):
@@ -126,28 +130,33 @@ def export(
             f"{name} still has {count_blocks(model)} re-param blocks in the train form; deploy it first"
             " (edgerep deploy, or edgerep.deploy()) so the artifact holds the fused graph"
         )
-    out_dir = _output_dir(output_dir)
-    backend = get_backend(tgt.backend, tgt.extra)  # a missing optional dependency fails here, before any work
+    with captured(f"loading the {tgt.name} converter"):  # their import logs (absl, torchao .so loads) stay hidden
+        backend = backend_for(tgt)  # a missing optional dependency fails here, before any work
+    out_dir, _ = writable_dir(output_dir)
+    remove_stale_staging(out_dir)
     notes: list[str] = []
 
     calib, calib_labels = None, None
     if prec.calibration:
-        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes)
-    images = _images(validation, preprocess, "validation images")
+        calib, calib_labels = _calibration(calibration, prec, preprocess, tgt.name, notes, (labels, name), bars)
+    images = _images(validation, preprocess, "validation images", (labels, name), notes, bars)
     if images is None and calib is not None:
         images = (calib, f"{len(calib)} calibration images (no separate validation set given)", calib_labels)
 
     shape = (batch, *input_size)
     artifact = out_dir / f"{name}-{prec.name}{tgt.suffix}"
+    _refuse_foreign(artifact)
     request = ExportRequest(shape, prec.name, calib, layout, opts)
     model = model.eval()
-    tmp = Path(tempfile.mkdtemp(prefix=".edgerep-export-", dir=out_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}export-", dir=out_dir))
     try:
         staged = tmp / artifact.name
         say(f"exporting {name} to {tgt.name} {prec.name}")
-        info = backend.export(model, request, staged)
+        with captured(f"the {tgt.name} converter"):
+            info = backend.export(model, request, staged)
         say(f"validating {staged.name}")
-        check = _validate(backend, staged, model, images, shape, tol)
+        with captured(f"the {tgt.name} runtime"):
+            check = _validate(backend, staged, model, images, shape, tol)
         if not check.passed:
             raise VerificationError(
                 f"{name} {tgt.name} {prec.name}: the artifact does not match the PyTorch model: "
@@ -179,8 +188,9 @@ def export(
             "notes": info.notes + notes,
             "tools": tool_versions(tgt.packages),
         }
-        _move(staged, artifact)
-        written = write_manifest(manifest_path(artifact), manifest)
+        manifest_path(artifact).unlink(missing_ok=True)  # an old manifest must never describe the new file
+        replace_path(staged, artifact)
+        written = write_json(manifest_path(artifact), manifest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(
@@ -204,8 +214,8 @@ def _validate(backend, path: Path, model: nn.Module, images, shape: tuple[int, .
         out = torch.from_numpy(np.asarray(backend.run(path, x.float().numpy()))).reshape(len(x), -1).float()
         r = _compare(label, kind, ref, out)
         if truth is not None and len(truth) == len(x):
-            r.accuracy_reference = (ref.argmax(1) == truth).double().mean().item()
-            r.accuracy_artifact = (out.argmax(1) == truth).double().mean().item()
+            r.accuracy_reference = top1_accuracy(ref, truth)
+            r.accuracy_artifact = top1_accuracy(out, truth)
         results.append(r)
         if not torch.isfinite(out).all():
             failures.append(
@@ -224,14 +234,12 @@ def _validate(backend, path: Path, model: nn.Module, images, shape: tuple[int, .
 
 
 def _compare(label: str, kind: str, ref: Tensor, out: Tensor) -> InputSetResult:
-    err = output_error(ref, out)
-    cos = torch.nn.functional.cosine_similarity(ref.double(), out.double(), dim=1)
-    agree = (ref.argmax(1) == out.argmax(1)).double().mean().item()
-    return InputSetResult(label, kind, len(ref), err.max_abs, err.rel, cos.mean().item(), cos.min().item(), agree)
+    err, near = output_error(ref, out), closeness(ref, out)
+    return InputSetResult(label, kind, len(ref), err.max_abs, err.rel, near.cosine, near.cosine_min, near.top1)
 
 
 def _calibration(
-    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str]
+    calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str], model: ModelLabels, bars: bool
 ) -> tuple[Tensor, Tensor | None]:
     """Calibration images as a preprocessed tensor: required, at least the minimum, subsampled past the maximum."""
     if calibration is None:
@@ -243,17 +251,14 @@ def _calibration(
     if isinstance(calibration, Tensor):
         n = len(calibration)
     else:
-        items = list_images(calibration)
-        keep = range(len(items.files))
-        if prec.max_calibration_images and len(keep) > prec.max_calibration_images:
-            step = len(keep) / prec.max_calibration_images
-            keep = [int(i * step) for i in range(prec.max_calibration_images)]
+        items = calibration if isinstance(calibration, Batch) else list_images(calibration)
+        keep = evenly_spaced(len(items.files), prec.max_calibration_images)
         files = [items.files[i] for i in keep]
-        labels = None if items.labels is None else torch.tensor([items.labels[i] for i in keep])
+        labels = _truth(items, list(keep), calibration, model, notes)
         n = len(files)
     if n < prec.min_calibration_images:
         raise BadInputError(
-            f"calibration set {calibration if not isinstance(calibration, Tensor) else '(tensor)'} has {n} images;"
+            f"calibration set {_where(calibration)} has {n} images;"
             f" {target} {prec.name} needs at least {prec.min_calibration_images}"
             f" (better {prec.warn_calibration_images}+)"
         )
@@ -264,43 +269,73 @@ def _calibration(
         )
         notes.append(note)
         warnings.warn(note, ExportWarning, stacklevel=3)
-    x = calibration if isinstance(calibration, Tensor) else load_images(files, pre).images
+    if isinstance(calibration, Tensor):
+        x = calibration
+    elif isinstance(calibration, Batch):
+        x = calibration.images[list(keep)]
+    else:
+        x = load_images(files, pre, progress=progress_bar("calibration images") if bars else None).images
     return x.float(), labels
 
 
-def _images(source: Images | None, pre: Preprocess, what: str) -> tuple[Tensor, str, Tensor | None] | None:
-    """Validation images, their description, and their class labels when the folder has class subfolders."""
+def _images(
+    source: Images | None, pre: Preprocess, what: str, model: ModelLabels, notes: list[str], bars: bool = False
+) -> tuple[Tensor, str, Tensor | None] | None:
+    """Validation images, their description, and their classes as model outputs when the folder has class subfolders."""
     if source is None:
         return None
     if isinstance(source, Tensor):
         return source.float(), f"{len(source)} {what}", None
-    batch = load_images(source, pre)
-    where = Path(source).name if isinstance(source, (str, os.PathLike)) else "files"
-    return batch.images, f"{len(batch.images)} {what} from {where}", batch.labels
+    bar = progress_bar(what) if bars else None
+    batch = source if isinstance(source, Batch) else load_images(source, pre, progress=bar)
+    truth = _truth(batch, list(range(len(batch.files))), source, model, notes)
+    return batch.images, f"{len(batch.images)} {what} from {_where(source, batch)}", truth
 
 
-def _output_dir(path: str | Path) -> Path:
-    """Create the output folder if needed; fail now, before the slow work, if it cannot be written."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInputError(f"cannot create output folder {p} ({exc.strerror}); choose another -o path") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise BadInputError(f"output folder {p} is not writable; choose another -o path")
-    return p
+def _where(source: Images, batch: Batch | None = None) -> str:
+    """A short name for an image source in messages: its folder, else the folder its files share."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name
+    if isinstance(source, Tensor):
+        return "(tensor)"
+    files = (batch or source).files if isinstance(batch or source, Batch) else list(source)
+    return Path(os.path.commonpath(files)).name if files else "files"
 
 
-def _move(staged: Path, final: Path) -> None:
-    """Replace ``final`` with ``staged`` atomically; an old manifest goes first so it never describes a new file."""
-    manifest_path(final).unlink(missing_ok=True)
-    if final.is_dir() and not final.is_symlink():  # os.replace cannot replace a non-empty folder (.mlpackage)
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old, ignore_errors=True)
+def _truth(
+    items: ImageList | Batch, keep: list[int], source: object, model: ModelLabels, notes: list[str]
+) -> Tensor | None:
+    """The class of each kept image as the model's output index: folder names matched to the model's labels by
+    name (as ``edgerep eval`` does), never by sorted position, unless the model records no labels.
+
+    Folders that all differ from the labels (e.g. ImageNet's n01440764/...) still calibrate and validate
+    agreement, without accuracy; some matching and some not is a mistake worth an error naming them.
+    """
+    labels, name = model
+    if items.labels is None:
+        return None
+    if items.classes is None:  # an .npz: its labels are output indices already
+        return torch.as_tensor(items.labels)[keep]
+    if not labels:
+        order = list(range(len(items.classes)))
+    elif not set(items.classes) & set(labels):
+        notes.append(f"class folders of {source} are not labels of {name}: top-1 accuracy not measured")
+        return None
     else:
-        os.replace(staged, final)
+        order = match_classes(items.classes, labels, source, name)
+    return torch.tensor([order[items.labels[i]] for i in keep])
+
+
+def _refuse_foreign(artifact: Path) -> None:
+    """Replacing an earlier artifact is fine; a folder of the user's that happens to bear its name is not."""
+    if not artifact.exists() and not artifact.is_symlink():
+        return
+    ours = manifest_path(artifact).is_file() and (artifact.is_file() or (artifact / "Manifest.json").is_file())
+    if artifact.is_symlink() or not ours:
+        raise BadInputError(
+            f"{artifact} exists and is not an edgerep artifact (no manifest beside it); move it away or choose"
+            " another -o folder — edgerep replaces only its own earlier artifacts"
+        )
 
 
 def _source(source: LoadInfo | str | Path | None) -> dict | None:
@@ -313,4 +348,4 @@ def _source(source: LoadInfo | str | Path | None) -> dict | None:
             "layout": source.layout,
             "form": source.form,
         }
-    return {"path": str(source), "sha256": sha256_file(source)}
+    return {"path": str(source), "sha256": sha256_path(Path(source))}

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from .errors import BadInputError
-from .metrics import count_macs, count_params
-from .reparam import count_blocks, reparameterize
-from .zoo import get_spec, list_models
+from ..errors import BadInputError
+from ..proof.metrics import count_macs, count_params
+from ..reparam import count_blocks, reparameterize
+from . import get_spec, list_models
 
 
 def summarize_model(name: str) -> dict:

@@ -1,34 +1,9 @@
-"""Plain-text tables for the terminal (no dependency: CI logs and ssh sessions read them too)."""
+"""The deploy report as a person reads it: what was fused, each check against its reference, size and speed."""
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from .verify import DeployReport
-
-
-def table(
-    headers: Sequence[str], rows: Sequence[Sequence[object]], right: set[int] | frozenset[int] = frozenset()
-) -> str:
-    """A column-aligned table; columns whose index is in ``right`` are right-aligned (numbers)."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
-
-
-def human(n: float | None, unit: str = "") -> str:
-    """1234567 -> '1.23M' (metric prefixes, three significant digits)."""
-    if n is None:
-        return "n/a"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}{unit}"
-    return f"{n:.3g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+from ..tables import human, table
+from .verify import FP64_RTOL, Check, DeployReport
 
 
 def format_deploy_report(report: DeployReport) -> str:
@@ -36,12 +11,12 @@ def format_deploy_report(report: DeployReport) -> str:
     out = [f"fused blocks: {fused}", ""]
     out.append(
         table(
-            ["form", "inputs", "compared with", "max abs err", "rel err", "status"],
+            ["form", "inputs", "compared with", "max abs err", "rel err", "rel err fp64", "status"],
             [
-                (c.form, c.inputs, c.reference, f"{c.max_abs:.3g}", f"{c.rel:.3g}", "ok" if c.passed else "FAIL")
+                (c.form, c.inputs, c.reference, f"{c.max_abs:.3g}", f"{c.rel:.3g}", _fp64(c), _status(c))
                 for c in report.checks
             ],
-            right={3, 4},
+            right={3, 4, 5},
         )
     )
     t, d = report.train, report.deploy
@@ -58,7 +33,22 @@ def format_deploy_report(report: DeployReport) -> str:
     out += ["", table([f"input {size}", "train form", "deploy form", ""], rows, right={1, 2})]
     verdict = "PASS" if report.passed else "FAIL"
     out += ["", f"{verdict}: worst relative error {report.worst_rel:.3g} (tolerance {report.rtol:g})"]
+    if any(c.rel_fp64 is not None for c in report.checks):
+        out.append(
+            f"checks over {report.rtol:g} in fp32 were run again in float64 (tolerance {FP64_RTOL:g}): within it, the"
+            " fp32 error is rounding of this model, not a fusion mismatch"
+        )
     return "\n".join(out)
+
+
+def _fp64(c: Check) -> str:
+    return "" if c.rel_fp64 is None else f"{c.rel_fp64:.3g}"
+
+
+def _status(c: Check) -> str:
+    if not c.passed:
+        return "FAIL"
+    return "ok" if c.rel <= c.rtol else "ok (fp32 rounding)"
 
 
 def _or_na(n: int | None) -> int | str:

@@ -34,12 +34,12 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import BadInputError
-from .manifest import write_manifest
+from ..errors import BadInputError
+from ..fileio import write_json
 
 __all__ = ["BASELINE_FORMAT", "GateReport", "Measured", "check", "read_baseline", "read_results", "updated_baseline"]
 
-RESULTS_KIND = "edgerep.eval"  # the "kind" of an ``edgerep eval --json`` document (edgerep.evaluate writes it)
+RESULTS_KIND = "edgerep.eval"  # the "kind" of an ``edgerep eval --json`` document (edgerep.accuracy.evaluate writes it)
 BASELINE_FORMAT = "edgerep.accuracy-baseline"
 BASELINE_VERSION = 1
 FLOAT_PRECISIONS = ("fp32", "fp16")
@@ -270,7 +270,7 @@ def updated_baseline(results: list[Measured], old: dict[Key, dict] | None = None
 
 def write_baseline(path: str | Path, baseline: dict) -> Path:
     """Atomically (temporary file + rename): a CI job never reads half a baseline."""
-    return write_manifest(Path(path), baseline)
+    return write_json(path, baseline)
 
 
 def _round_down(x: float, digits: int) -> float:

@@ -11,7 +11,7 @@ A target file holds (see targets/onnx.toml for a full example):
 
 Everything a user may ask for is checked here, up front, before any slow work: an unknown target,
 option, option value, precision, scheme or layout is a one-line ``BadInputError`` listing what is allowed.
-The files ship in the wheel as package data ``edgerep.targets``; a checkout reads ``<repo>/targets``.
+The files ship in the wheel as package data ``edgerep.export.targets``; a checkout reads ``<repo>/targets``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from .errors import BadInputError
+from ..errors import BadInputError
+from ..resources import data_folder
 
 TOLERANCE_KEYS = ("max_abs", "rel", "cosine", "top1_agreement")
 """Error bounds (``max_abs``, ``rel``: measured <= bound) and agreement floors (``cosine``, ``top1_agreement``: >=)."""
@@ -138,7 +139,7 @@ class Target:
 
 def target_names() -> list[str]:
     """Every target edgerep ships, sorted."""
-    return sorted(p.stem for p in _target_dir().glob("*.toml"))
+    return sorted(p.stem for p in data_folder("targets").glob("*.toml"))
 
 
 def get_target(name: str) -> Target:
@@ -151,7 +152,7 @@ def get_target(name: str) -> Target:
 
 @cache
 def _load(name: str) -> Target:
-    path = _target_dir() / f"{name}.toml"
+    path = data_folder("targets") / f"{name}.toml"
     try:
         data = tomllib.loads(path.read_text())
         return _parse(data, path)
@@ -214,14 +215,13 @@ def _precision(name: str, d: dict) -> Precision:
     )
 
 
-def _target_dir() -> Path:
-    """Where the target files are: ``edgerep/_targets`` in an installed wheel, else ``<repo>/targets``."""
-    here = Path(__file__).resolve().parent
-    for root in (here / "_targets", here.parent / "targets"):
-        if root.is_dir() and any(root.glob("*.toml")):
-            return root
-    raise BadInputError(f"no target files found in {here / '_targets'} or {here.parent / 'targets'}; reinstall edgerep")
-
-
 def _show(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def artifact_suffixes() -> dict[str, str]:
+    """``{".onnx": "onnx", ...}`` from the shipped target files: a new target is evaluable without edits here."""
+    return {get_target(n).suffix: n for n in target_names()}
+
+
+# --- what to evaluate -------------------------------------------------------------------------------

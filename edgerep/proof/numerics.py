@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -42,3 +43,34 @@ def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) ->
                 m.bias.copy_(torch.randn(n, generator=generator) * 0.5)
     return module
 
+
+
+@dataclass(frozen=True)
+class Closeness:
+    """How close ``out`` is to ``ref`` as a classifier, per input row: the one measure every comparison uses.
+
+    ``top1`` = share of rows with the same argmax; ``cosine`` / ``cosine_min`` = mean / worst per-row cosine of the
+    logits; ``kl`` = mean KL(softmax(ref) || softmax(out)) in nats.
+    """
+
+    top1: float
+    cosine: float
+    cosine_min: float
+    kl: float
+
+
+def closeness(ref: Tensor | np.ndarray, out: Tensor | np.ndarray) -> Closeness:
+    """Compare two (N, ...) outputs row by row, in fp64 (rows are flattened: any classifier head shape works)."""
+    r, o = torch.as_tensor(ref).detach().double(), torch.as_tensor(out).detach().double()
+    r, o = r.reshape(len(r), -1), o.reshape(len(r), -1)
+    cos = torch.nn.functional.cosine_similarity(r, o, dim=1)
+    log_r, log_o = torch.log_softmax(r, dim=1), torch.log_softmax(o, dim=1)
+    kl = (log_r.exp() * (log_r - log_o)).sum(1).mean().item()
+    top1 = (r.argmax(1) == o.argmax(1)).double().mean().item()
+    return Closeness(top1, cos.mean().item(), cos.min().item(), max(kl, 0.0))  # rounding can make 0 KL negative
+
+
+def top1_accuracy(logits: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> float:
+    """Share of rows whose argmax is the label."""
+    pred = np.asarray(logits).reshape(len(logits), -1).argmax(1)
+    return float((pred == np.asarray(labels)).mean())

@@ -3,12 +3,19 @@
 ``verify_deploy`` runs both forms on random inputs, on real images and on any reference outputs a
 checkpoint carries (e.g. the source project's own outputs), and compares parameters, MACs, graph
 nodes and torch latency. A check passes when ``rel = max|deploy - ref| / max|ref| <= rtol``.
+
+fp32 rounding alone can exceed ``rtol`` in a large, deep model (a correct fusion of a 224 px network reached
+1.18e-5 > 1e-5, exact to 3e-14 in fp64). So a train-vs-deploy check over ``rtol`` is run again with both forms in
+float64 (the train form, and the deploy form made again from it by ``refuse``, so that no fp32 rounding of the
+fused weights remains): only when the error stays above ``FP64_RTOL`` there is it a mismatch of the math (a fusion
+bug); the report carries both numbers.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +24,8 @@ from .metrics import count_macs, count_nodes, count_params, measure_latency
 from .numerics import output_error
 
 DEFAULT_RTOL = 1e-5
+FP64_RTOL = 1e-9  # what fp64 rounding leaves of a correct fusion, with margin (fusions measure ~1e-14)
+ROUNDING_SLACK = 10.0  # a deploy form may differ from its train form by this multiple of fp32's own rounding
 
 
 @dataclass
@@ -29,10 +38,18 @@ class Check:
     max_abs: float
     rel: float
     rtol: float
+    rel_fp64: float | None = None  # the same check in float64, run when the fp32 one exceeds ``rtol``
+    fp32_rounding: float | None = None  # how far the fp32 train form itself is from its float64 output
 
     @property
     def passed(self) -> bool:
-        return self.rel <= self.rtol
+        """Within ``rtol`` in fp32; or the excess is fp32 rounding only: the math agrees in float64 (within
+        ``FP64_RTOL``) and the deploy form is no further from the float64 truth than ``ROUNDING_SLACK`` times the
+        train form's own fp32 rounding (so a deploy module that loses precision of its own still fails)."""
+        if self.rel <= self.rtol:
+            return True
+        return (self.rel_fp64 is not None and self.rel_fp64 <= FP64_RTOL and self.fp32_rounding is not None
+                and self.rel <= ROUNDING_SLACK * max(self.fp32_rounding, self.rtol / ROUNDING_SLACK))
 
 
 @dataclass
@@ -56,6 +73,7 @@ class DeployReport:
     train: FormStats
     deploy: FormStats
     checks: list[Check] = field(default_factory=list)
+    unmerged: list[str] = field(default_factory=list)  # generic pass: "module (op, node): why", left as they are
 
     @property
     def passed(self) -> bool:
@@ -90,12 +108,15 @@ def verify_deploy(
     references: Sequence[tuple[str, Tensor, Tensor]] = (),
     latency: bool = True,
     seed: int = 0,
+    refuse: Callable[[nn.Module], nn.Module] | None = None,
 ) -> DeployReport:
     """Compare ``deploy_model`` with ``train_model`` (both eval mode) and with reference outputs.
 
     ``references`` holds ``(label, input, expected_output)`` triples, e.g. a checkpoint's own
     ``input`` / ``output_train`` / ``output_deploy``: both forms must reproduce each (the train form
-    proves the checkpoint was read right, the deploy form that fusion kept the function).
+    proves the checkpoint was read right, the deploy form that fusion kept the function). ``refuse`` makes the
+    deploy form from a float64 copy of the train form, for the fp64 re-check (default: a float64 copy of
+    ``deploy_model``, which keeps the fp32 rounding of its fused weights).
     """
     train_model.eval()
     deploy_model.eval()
@@ -108,11 +129,12 @@ def verify_deploy(
         deploy=_form_stats(deploy_model, input_size),
     )
     gen = torch.Generator().manual_seed(seed)
+    fp64 = _Fp64(train_model, deploy_model, refuse)
     for i in range(random_batches):
         x = torch.randn(batch_size, *input_size, generator=gen)
-        report.checks.append(_compare(f"random #{i + 1}", x, train_model, deploy_model, rtol))
+        report.checks.append(_compare(f"random #{i + 1}", x, train_model, deploy_model, rtol, fp64))
     if images is not None and len(images):
-        report.checks.append(_compare(images_label, images, train_model, deploy_model, rtol))
+        report.checks.append(_compare(images_label, images, train_model, deploy_model, rtol, fp64))
     for label, x, expected in references:
         for form, model in (("train", train_model), ("deploy", deploy_model)):
             err = output_error(expected, model(x))
@@ -124,9 +146,34 @@ def verify_deploy(
     return report
 
 
-def _compare(label: str, x: Tensor, train_model: nn.Module, deploy_model: nn.Module, rtol: float) -> Check:
+class _Fp64:
+    """float64 forms, made on the first check that needs them (most runs never do)."""
+
+    def __init__(self, train_model: nn.Module, deploy_model: nn.Module, refuse) -> None:
+        self._models = (train_model, deploy_model)
+        self._refuse = refuse
+        self._copies: tuple[nn.Module, nn.Module] | None = None
+
+    def rel(self, x: Tensor) -> tuple[float, float]:
+        """(deploy vs train in float64, fp32 train form vs its own float64 output) on ``x``."""
+        if self._copies is None:
+            train64 = copy.deepcopy(self._models[0]).double().eval()
+            deploy64 = self._refuse(train64) if self._refuse else copy.deepcopy(self._models[1]).double()
+            self._copies = (train64, deploy64.eval())
+        train64, deploy64 = self._copies
+        x64 = x.double()
+        truth = train64(x64)
+        return output_error(truth, deploy64(x64)).rel, output_error(truth, self._models[0](x)).rel
+
+
+def _compare(
+    label: str, x: Tensor, train_model: nn.Module, deploy_model: nn.Module, rtol: float, fp64: _Fp64
+) -> Check:
     err = output_error(train_model(x), deploy_model(x))
-    return Check("deploy", f"{label} {_shape(x)}", "train form", err.max_abs, err.rel, rtol)
+    check = Check("deploy", f"{label} {_shape(x)}", "train form", err.max_abs, err.rel, rtol)
+    if not check.rel <= rtol:  # fp32 rounding, or a real mismatch? float64 tells them apart
+        check.rel_fp64, check.fp32_rounding = fp64.rel(x)
+    return check
 
 
 def _form_stats(model: nn.Module, input_size: tuple[int, int, int]) -> FormStats:

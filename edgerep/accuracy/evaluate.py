@@ -26,21 +26,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .api import checkpoint_meta, preprocess_of
-from .backends import get_backend
-from .checkpoints.io import read_checkpoint
-from .checkpoints.load import load_model
-from .errors import BadInputError, EdgerepError
+from ..backends import get_backend, read_input_spec
+from ..checkpoints import Checkpoint, preprocess_of
+from ..errors import BadInputError
+from ..export.manifest import manifest_path, manifest_preprocess, read_manifest, size_bytes
+from ..export.targets import artifact_suffixes, get_target
+from ..fileio import sha256_path
+from ..images import ImageList, Preprocess, iter_batches, list_images, load_npz, match_classes
+from ..proof.numerics import closeness
 from .gate import RESULTS_KIND
-from .images import ImageList, Preprocess, iter_batches, list_images, load_npz
-from .manifest import manifest_path, read_manifest, sha256_path, size_bytes
-from .targets import get_target, target_names
 
 __all__ = [
-    "Agreement", "Data", "EvalResult", "Reference", "Subject", "artifact_suffixes", "evaluate", "open_data",
+    "Agreement", "Data", "EvalResult", "Reference", "Subject", "evaluate", "open_data",
     "open_reference", "open_subject", "results_document",
 ]
 
@@ -65,6 +64,7 @@ class Subject:
     size_bytes: int = 0
     source: Path | None = None  # the checkpoint an artifact was exported from, when its manifest names one
     notes: list[str] = field(default_factory=list)
+    module: torch.nn.Module | None = None  # the PyTorch model itself, for checkpoints
 
 
 @dataclass
@@ -105,14 +105,6 @@ def results_document(results: list[EvalResult], data: Data) -> dict:
     return {"kind": RESULTS_KIND, "version": 1, "data": data.describe(), "results": [r.to_dict() for r in results]}
 
 
-def artifact_suffixes() -> dict[str, str]:
-    """``{".onnx": "onnx", ...}`` from the shipped target files: a new target is evaluable without edits here."""
-    return {get_target(n).suffix: n for n in target_names()}
-
-
-# --- what to evaluate -------------------------------------------------------------------------------
-
-
 def open_subject(path: str | Path, model: str | None = None) -> Subject:
     """An exported artifact (by suffix, its manifest beside it) or else a PyTorch checkpoint."""
     p = Path(path)
@@ -123,24 +115,19 @@ def open_subject(path: str | Path, model: str | None = None) -> Subject:
 
 def open_checkpoint(path: str | Path, model: str | None = None) -> Subject:
     """A train- or deploy-form checkpoint, evaluated as saved, in float32."""
-    p = Path(path)
-    obj = read_checkpoint(p)
-    name = model or checkpoint_meta(obj).get("model")
-    if not isinstance(name, str) or not name:
-        raise BadInputError(
-            f"checkpoint {p} does not record its model; name it with --model NAME (see `edgerep models`)"
-        )
-    net, info = load_model(name, obj, where=str(p))
+    ck = Checkpoint.open(path)
+    name = ck.model_name(model)
+    net, info = ck.load(name)
     net = net.float().eval()
-    pre = preprocess_of(name, obj)
+    pre = ck.preprocess(name)
 
     @torch.no_grad()
     def predict(x: np.ndarray) -> np.ndarray:
         return net(torch.from_numpy(x)).reshape(len(x), -1).numpy()
 
     return Subject(
-        name, TORCH, "fp32", p, pre, (3, *pre.size), predict, labels=checkpoint_meta(obj).get("labels"),
-        form=info.form, size_bytes=p.stat().st_size,
+        name, TORCH, "fp32", ck.path, pre, (3, *pre.size), predict, labels=ck.labels, form=info.form,
+        size_bytes=ck.path.stat().st_size, module=net,
     )
 
 
@@ -164,10 +151,7 @@ def open_artifact(path: str | Path, model: str | None = None) -> Subject:
                 " or delete the stale manifest and pass --model NAME"
             )
         name, precision, labels = man["model"], man["precision"], man.get("labels")
-        try:
-            pre = Preprocess.from_dict(man["preprocess"])
-        except (TypeError, AttributeError) as exc:
-            raise BadInputError(f"manifest {mpath}: malformed 'preprocess' ({exc}); re-export the artifact") from None
+        pre = manifest_preprocess(man, mpath)
         source = _source_checkpoint(man.get("source"))
     elif model is not None:
         name, pre, labels, source = model, preprocess_of(model), None, None
@@ -178,18 +162,10 @@ def open_artifact(path: str | Path, model: str | None = None) -> Subject:
             f"artifact {p} has no manifest ({mpath.name}) to say how to feed it; pass --model NAME to use the zoo"
             " model's preprocessing, or re-export it with edgerep export"
         )
-    backend = get_backend(target.backend, target.extra)  # a missing runtime is a one-line install hint
-    try:
-        shape, layout = _artifact_input(p, target.name, man)
-    except EdgerepError:
-        raise
-    except Exception as exc:  # the runtime's own loader refused the file: corrupt, truncated, not this format
-        why = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"cannot load {p} with the {target.name} runtime ({why}); re-export it") from None
-    chw = tuple(shape[1:]) if layout == "nchw" else (shape[3], shape[1], shape[2])
-    batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+    spec = read_input_spec(target, p)
+    backend = get_backend(target.backend, target.extra)
     return Subject(
-        name, target.name, precision, p, pre, chw, lambda x: backend.run(p, x), labels=labels, batch=batch,
+        name, target.name, precision, p, pre, spec.chw, lambda x: backend.run(p, x), labels=labels, batch=spec.batch,
         size_bytes=size_bytes(p), source=source, notes=notes,
     )
 
@@ -227,31 +203,6 @@ def _precision_from_name(path: Path, model: str, target) -> str:
     """``model-int8.onnx`` -> ``int8`` (edgerep export's naming); ``unknown`` for other names."""
     tail = path.name[: -len(path.suffix)].removeprefix(f"{model}-")
     return tail if tail in target.precisions else "unknown"
-
-
-def _artifact_input(path: Path, target: str, man: dict) -> tuple[tuple, str]:
-    """The artifact's input shape and layout, read from the file for the runtimes edgerep knows how to ask
-    (a manifest may be hand-edited), else from the manifest."""
-    if target == "onnx":
-        import onnxruntime as ort
-
-        inp = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0]
-        return tuple(inp.shape), "nchw"
-    if target == "tflite":
-        from .backends.tflite import NHWC_INPUT, interpreter_lib
-
-        inp = interpreter_lib.Interpreter(model_path=str(path)).get_input_details()[0]
-        return tuple(int(s) for s in inp["shape"]), "nhwc" if NHWC_INPUT in inp["name"] else "nchw"
-    if target == "coreml":
-        from .backends.mil_eval import load_program
-
-        var = next(iter(load_program(path).inputs.values()))
-        return tuple(int(s) for s in var.shape), "nchw"
-    spec = man.get("input") or {}
-    if isinstance(spec.get("shape"), list) and len(spec["shape"]) == 4 and spec.get("layout") in ("nchw", "nhwc"):
-        return tuple(spec["shape"]), spec["layout"]
-    raise BadInputError(f"cannot tell the input shape of {path}: its manifest has no 'input' shape and layout;"
-                        " re-export it with edgerep export")
 
 
 # --- the images -------------------------------------------------------------------------------------
@@ -322,15 +273,7 @@ def label_map(data: Data, labels: list[str] | None, model: str) -> tuple[np.ndar
         return None, "npz label indices" if data.items is None else "none (no class folders)"
     if not labels:
         return None, "class folders in sorted order (the model records no labels)"
-    unknown = [c for c in data.classes if c not in labels]
-    if unknown:
-        shown = ", ".join(unknown[:4]) + (f" (+{len(unknown) - 4} more)" if len(unknown) > 4 else "")
-        some = ", ".join(labels[:6]) + (", ..." if len(labels) > 6 else "")
-        raise BadInputError(
-            f"class folders {shown} in {data.source} are not labels of {model} ({some}); name the folders"
-            " after the model's labels"
-        )
-    return np.array([labels.index(c) for c in data.classes]), "class folders matched to labels by name"
+    return np.array(match_classes(data.classes, labels, data.source, model)), "class folders matched to labels by name"
 
 
 # --- the measurement --------------------------------------------------------------------------------
@@ -434,12 +377,8 @@ def _topk(logits: np.ndarray, y: np.ndarray, k: int) -> float:
 
 
 def _agreement(ref: np.ndarray, out: np.ndarray, where: str) -> Agreement:
-    r, o = torch.from_numpy(ref), torch.from_numpy(out)
-    log_r, log_o = F.log_softmax(r, dim=1), F.log_softmax(o, dim=1)
-    kl = (log_r.exp() * (log_r - log_o)).sum(1).mean().item()
-    cosine = F.cosine_similarity(r, o, dim=1).mean().item()
-    top1 = (r.argmax(1) == o.argmax(1)).double().mean().item()
-    return Agreement(where, top1, max(kl, 0.0), cosine)  # rounding can make a zero KL slightly negative
+    near = closeness(ref, out)
+    return Agreement(where, near.top1, near.kl, near.cosine)
 
 
 def _shape(shape) -> str:
