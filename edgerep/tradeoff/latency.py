@@ -25,17 +25,26 @@ class Latency:
     detail: dict = field(default_factory=dict)
 
 
-def latency(artifact: str | Path, device: str, threads: int = 1, precision: str | None = None) -> Latency:
-    """Measure (host, ssh, adb) or predict (a device profile) the batch-1 latency of ``artifact``."""
+def is_host(device: str) -> bool:
+    """``host``, or ``host:NODE`` (the CPU of one Ray node, ``edgerep bench --ray``): measured where this runs."""
+    return device == "host" or device.startswith("host:")
+
+
+def latency(artifact: str | Path, device: str, threads: int = 1, precision: str | None = None,
+            ssh=None) -> Latency:
+    """Measure (host, ssh, adb) or predict (a device profile) the batch-1 latency of ``artifact``.
+
+    ``ssh`` (``devices.ssh.SshOptions``) says how to reach an ``ssh://`` device (key, remote Python).
+    """
     path = Path(artifact)
-    if device == "host":
+    if is_host(device):
         from ..profile.host import profile_artifact
 
         prof = profile_artifact(path, threads=(threads,))
         t = prof.timings[0]
-        return Latency(t.median_ms, t.p90_ms, "measured", "host", prof.runtime, threads, prof.notes, prof.to_dict())
+        return Latency(t.median_ms, t.p90_ms, "measured", device, prof.runtime, threads, prof.notes, prof.to_dict())
     if is_real_device(device):
-        r = run_on_device(path, device, threads=threads, profile=False)
+        r = run_on_device(path, device, threads=threads, profile=False, ssh=ssh)
         return Latency(r.timing.median_ms, r.timing.p90_ms, "measured", r.device, r.runtime, r.threads,
                        [r.error] if r.error else [], r.to_dict())
     from ..profile import get_profile, graph_cost, predict

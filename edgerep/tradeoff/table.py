@@ -30,6 +30,7 @@ class TradeoffRow:
     status: str = "ok"  # "ok", or why the row is incomplete (kept and marked, not dropped)
     speedup_vs_fp32: float | None = None
     pareto: bool = False
+    node: str = ""  # the Ray node the latency was measured on (``--ray``); empty in a single-process run
 
     @property
     def accuracy(self) -> float | None:
