@@ -143,9 +143,10 @@ _ONNX_DATA = {"Transpose": "transpose", "Concat": "concat", "QLinearConcat": "co
 _ONNX_FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Constant", "ConstantOfShape",
               "Dropout", "Range", "Size"}
 _ONNX_CONV = {"Conv", "QLinearConv", "ConvInteger"}
-_ONNX_FC = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger"}
+_ONNX_FC = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "QGemm", "MatMulIntegerToFloat"}
 _ONNX_QUANT = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-               "QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul", "QLinearConcat"}
+               "QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul", "QLinearConcat", "QGemm",
+               "QLinearSigmoid", "QLinearAveragePool", "DynamicQuantizeLinear"}
 _CONV_FUSED_ACT = {"fp32": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}, "int8": {"Relu", "Clip"}}
 """Activations onnxruntime fuses into the conv before it (its ConvActivationFusion; int8 QDQ keeps only ReLU /
 clip, which requantization absorbs). BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
@@ -254,6 +255,8 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tu
         return "conv", ""
     if op in _ONNX_FC:
         return "fc", "fc"
+    if op == "DynamicQuantizeLinear":
+        return "requant", "requant"
     if op in ("QuantizeLinear", "DequantizeLinear"):
         if op == "DequantizeLinear":
             users = consumers.get(node.output[0], [])

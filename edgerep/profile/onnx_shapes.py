@@ -7,6 +7,12 @@ Here the graph is resolved in rounds: infer shapes (with data propagation), then
 inputs are all known values (initializers, constants, and ``Shape`` of a tensor whose shape is now known) with
 onnx's reference evaluator, turn its outputs into constants, and infer again, until nothing new folds.
 
+Ops outside the ONNX standard (onnxruntime's com.microsoft QOperator kernels: QLinearAdd,
+QLinearGlobalAveragePool, QGemm, ...) have no shape functions in onnx; if any shape is still unknown after
+folding, the graph has such ops and only data inputs (float / int8, never an integer tensor that could be a
+shape), and onnxruntime is installed, the graph is run once on zeros with every intermediate tensor as an
+output and the shapes are read off (an evaluation on the known input shape, like the folding).
+
 A symbolic batch dimension (axis 0) is taken as 1; any other symbolic input dimension is a BadInputError (its
 size decides the cost, and only the user knows it).
 """
@@ -24,6 +30,8 @@ MAX_FOLD_ELEMENTS = 1 << 16
 """Values larger than this are not folded: shape arithmetic is small, folding weights would only waste memory."""
 NEVER_FOLD = {"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
               "RandomUniformLike", "Multinomial"}
+_DATA_INPUTS = {1, 2, 3, 10}
+"""float, uint8, int8, float16: inputs that are data, whose values cannot change a shape (an int64 input may)."""
 
 
 @dataclass
@@ -64,6 +72,10 @@ def resolve(model, where: str) -> Resolved:
         shapes, types = _infer(model, where)
         new = _fold_round(graph, values, shapes, opsets, folded)
         if not new:
+            unknown = any(shapes.get(o) is None for n in graph.node for o in n.output if o and o not in folded)
+            contrib = any(n.domain not in ("", "ai.onnx") for n in graph.node)
+            if unknown and contrib and all(types.get(i.name) in _DATA_INPUTS for i in graph.input):
+                _run_shapes(model, shapes, types)
             return Resolved(model, shapes, types, folded)
         for name in new:
             t = numpy_helper.from_array(np.asarray(values[name]), name)
@@ -141,3 +153,38 @@ def _fold_round(graph, values: dict, shapes: dict, opsets: dict, folded: set[str
         del graph.node[:]
         graph.node.extend(keep)
     return new
+
+
+def _run_shapes(model, shapes: dict, types: dict) -> None:
+    """Fill unknown shapes by running the graph once in onnxruntime (if installed) with every tensor an output."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    import onnx
+
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    known = {o.name for o in m.graph.output}
+    for node in m.graph.node:
+        for o in node.output:
+            if o and o not in known:
+                m.graph.output.append(onnx.ValueInfoProto(name=o))
+                known.add(o)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        feed = {}
+        for i in session.get_inputs():
+            dtype = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+                     "tensor(int64)": np.int64, "tensor(float16)": np.float16}.get(i.type, np.float32)
+            feed[i.name] = np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape], dtype)
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, feed)
+    except Exception:  # the caller reports the first op whose shape is still unknown
+        return
+    for name, value in zip(names, values):
+        if shapes.get(name) is None and hasattr(value, "shape"):
+            shapes[name] = tuple(int(d) for d in value.shape)
