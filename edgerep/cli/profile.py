@@ -19,12 +19,14 @@ examples:
   edgerep profile mobilenet_v2.tflite --device pixel7 --layers --json
   edgerep profile model.onnx --device ssh://pi@raspberrypi.local --threads 4 --identity ~/.ssh/id_ed25519
   edgerep profile model.tflite --device adb:R58M123 --threads 4 --benchmark-binary ./benchmark_model
+  edgerep profile model.onnx --device host.toml --threads 1         # predicted from `edgerep calibrate`
   edgerep profile --list                                            # the device profiles and their specs
 
 --device host (the default) measures: warm-up, interleaved rounds, median / p90 / spread per thread count,
 peak memory, the CPU measured. Any other device predicts: a per-layer roofline whose efficiencies are fitted
 on published latencies (device_profiles/*.toml cite every one), always labelled PREDICTED with the
-leave-one-out error of the fit. ssh://user@host copies the file and a small runner to the device and
+leave-one-out error of the fit. A .toml written by `edgerep calibrate` predicts from that device's own
+per-kernel regressors (fusion-aware kernel list of the file, fitted on edgerep's kernel suite). ssh://user@host copies the file and a small runner to the device and
 times it there with the device's onnxruntime / ai-edge-litert; adb:SERIAL pushes a .tflite and runs
 your benchmark_model build pinned to the big cores. Core ML runs only on macOS and is not profiled here.
 Exit codes: 0 done, 2 bad input (unknown device, unreadable artifact, runtime cannot run it).
@@ -43,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("artifact", nargs="?", help=".onnx or .tflite file")
     p.add_argument("--device", default="host",
-                   help="host (measure), ssh://user@host[:port] or adb:SERIAL (measure there), or a profile name "
-                   "(predict); see --list")
+                   help="host (measure), ssh://user@host[:port] or adb:SERIAL (measure there), a profile name "
+                   "(predict; see --list) or a device file from edgerep calibrate (predict)")
     p.add_argument("--threads", help="threads (host: comma list, e.g. 1,2; default 1; device: default 4 big cores)")
     p.add_argument("--cores", help="host only: pin to these cores, e.g. 0 or 0,1")
     p.add_argument("--layers", nargs="?", type=int, const=10, default=0, metavar="N",
@@ -68,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         return _list(args.json)
     if is_real_device(args.device):
         return _remote(args)
+    if args.device.endswith(".toml"):
+        return _predict_calibrated(args)
     profile = get_profile(args.device)  # an unknown device fails first, listing the known ones
     if not args.artifact:
         raise BadInputError("give an .onnx or .tflite file to profile (see `edgerep profile --help`)")
@@ -157,6 +161,49 @@ def _predict(args: argparse.Namespace, profile, threads: int) -> int:
                  f"{ms / pred.ms:.1%}") for lc, ms in pred.top_layers(args.layers)]
         print()
         print(table(["layer", "op", "kind", "MACs", "bytes", "predicted ms", "share"], rows, right={3, 4, 5, 6}))
+    return 0
+
+
+def _predict_calibrated(args: argparse.Namespace) -> int:
+    """Predict from a calibrated device file's per-kernel regressors."""
+    from ..profile.calibrate import load_device_file
+    from ..profile.graph_cost import graph_cost
+    from ..profile.kernel_table import predict_table
+    from ..report import human, table
+
+    if not args.artifact:
+        raise BadInputError("give an .onnx or .tflite file to profile (see `edgerep profile --help`)")
+    threads = [_int(t, "--threads") for t in split_list(args.threads or "1")]
+    if len(threads) != 1 or args.cores:
+        raise BadInputError("a calibrated-device prediction takes one --threads value and no --cores")
+    cal = load_device_file(args.device)
+    cost = graph_cost(args.artifact)
+    tab = cal.table(cost.precision, threads[0])
+    pred = predict_table(cost, tab)
+    if args.json:
+        print(json.dumps({
+            "label": "predicted", "artifact": args.artifact, "device_file": str(cal.path), "device": cal.name,
+            "runtime": cal.runtime, "runtime_version": cal.runtime_version, "cpu": cal.cpu,
+            "threads": threads[0], "precision": cost.precision, "latency_ms": round(pred.ms, 3),
+            "partial": pred.partial, "notes": pred.notes, "macs": cost.macs, "ops": len(cost.costed),
+            "suite_fit_error": tab.median_abs_error,
+            "layers": [{"name": lc.name, "op": lc.op, "kernel": lc.kernel, "macs": lc.macs, "bytes": lc.bytes,
+                        "ms": round(ms, 4)} for lc, ms in sorted(pred.layers, key=lambda x: -x[1])[: args.layers]],
+        }, indent=2))
+        return 0
+    print(f"{args.artifact} on {cal.name} ({cal.cpu}): PREDICTED {pred.ms:.2f} ms"
+          + (" (PARTIAL)" if pred.partial else "")
+          + f" ({cost.precision}, {threads[0]} thread(s), {cal.runtime} {cal.runtime_version})")
+    print(f"graph: {human(cost.macs)} MACs, {len(cost.costed)} ops ({cost.format})")
+    print(f"basis: per-kernel regressors of {cal.path} ({tab.models} suite models, median fit error on the suite "
+          f"{tab.median_abs_error:.1%})")
+    for note in pred.notes:
+        print(f"note: {note}")
+    if args.layers:
+        rows = [(lc.name[-48:], lc.kernel, human(lc.macs), f"{ms:.3f}", f"{ms / pred.ms:.1%}")
+                for lc, ms in sorted(pred.layers, key=lambda x: -x[1])[: args.layers]]
+        print()
+        print(table(["layer", "kernel", "MACs", "predicted ms", "share"], rows, right={2, 3, 4}))
     return 0
 
 

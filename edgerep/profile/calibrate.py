@@ -55,10 +55,14 @@ class Calibrated:
 
 
 def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", threads: int = 1,
-              budget_min: float = 10.0, per_kernel: int = 12, kernels: tuple[str, ...] = KERNELS,
+              budget_min: float = 10.0, per_kernel: int = 8, kernels: tuple[str, ...] | None = None,
               progress: bool = True, ssh=None, adb=None) -> Path:
     """Time the suite on ``device``, fit, write the device file ``out``; returns its path."""
     out = Path(out)
+    kernels = tuple(kernels or KERNELS)
+    unknown = [k for k in kernels if k not in KERNELS]
+    if unknown:
+        raise BadInputError(f"unknown suite kernel {unknown[0]!r}; use some of: {', '.join(KERNELS)}")
     if out.suffix != ".toml":
         raise BadInputError(f"{out}: a device file is TOML; give -o NAME.toml")
     if runtime != "onnxruntime":
@@ -81,7 +85,7 @@ def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", thr
     specs = sample_specs(per_kernel, kernels=kernels)
     jobs = [(s, p) for s in specs for p in PRECISIONS]
     todo = [(s, p) for s, p in jobs if _key(s, p) not in cache["ms"]]
-    suite_dir = Path(tempfile.mkdtemp(prefix="edgerep-suite-", dir=out.parent))
+    suite_dir = Path(tempfile.mkdtemp(prefix="edgerep-suite-"))
     bar = _progress(len(jobs), len(jobs) - len(todo), progress, device)
     deadline = time.monotonic() + budget_min * 60
     try:
@@ -90,6 +94,8 @@ def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", thr
                 break
             batch = todo[start:start + 8]
             files = {_key(s, p): build_onnx(s, suite_dir / f"{_key(s, p)}.onnx", p == "int8") for s, p in batch}
+            for (s, p), f in zip(batch, files.values()):
+                _suite_cost(s, p, f)
             cache["ms"].update(_time(device, files, threads, ssh, adb))
             if "machine" not in cache:
                 cache["machine"] = _machine(device, next(iter(files.values())), threads, ssh)
@@ -120,9 +126,13 @@ def _key(spec: KernelSpec, precision: str) -> str:
 _COSTS: dict[str, object] = {}
 
 
-def _suite_cost(spec: KernelSpec, precision: str):
-    """The suite model's graph cost (rebuilt in a temp dir: the cache keeps timings, not files)."""
+def _suite_cost(spec: KernelSpec, precision: str, built: Path | None = None):
+    """The suite model's graph cost, from its file when just built, else rebuilt (the cache keeps timings)."""
     key = _key(spec, precision)
+    if key not in _COSTS and built is not None:
+        cost = graph_cost(built)
+        cost.precision = precision
+        _COSTS[key] = cost
     if key not in _COSTS:
         with tempfile.TemporaryDirectory(prefix="edgerep-suite-") as tmp:
             cost = graph_cost(build_onnx(spec, Path(tmp) / f"{key}.onnx", precision == "int8"))
@@ -156,7 +166,7 @@ def _machine(device: str, sample: Path, threads: int, ssh) -> dict:
     r = run_on_device(sample, device, threads=threads, warmup=1, runs=2, profile=False, ssh=ssh)
     m = r.machine or {}
     return {"cpu": str(m.get("cpu", "unknown")), "flags": "", "cores": int(m.get("cpu_count") or 1), "mhz": 0.0,
-            "runtime_version": str(getattr(r, "runtime_version", "") or m.get("runtime_version", "") or r.runtime)}
+            "runtime_version": r.runtime}
 
 
 def _load_cache(path: Path, config: dict) -> dict:

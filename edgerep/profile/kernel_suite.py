@@ -208,6 +208,9 @@ def _quantize(src: Path, dst: Path, in_shape: list[int]) -> None:
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint per call on the root logger
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # and its sessions warn about initializers they drop
     try:
         ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ,
                              activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
