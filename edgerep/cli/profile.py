@@ -148,12 +148,15 @@ def _predict(args: argparse.Namespace, profile, threads: int) -> int:
     used = Counter(f"{c.core.split(' (')[0]} @ {c.ghz:g} GHz" for c in profile.used_cores(threads))
     cores = ", ".join(f"{n}x {core}" for core, n in used.items())
     loo = pred.loo
-    print(f"{args.artifact} on {profile.name} ({profile.soc}): PREDICTED {pred.ms:.2f} ms "
+    lofo = loo["leave_one_family_out"]
+    flag = f"  [expected error {lofo['mean_abs_error']:.0%} > 25%]" if lofo["unreliable"] else ""
+    print(f"{args.artifact} on {profile.name} ({profile.soc}): PREDICTED {pred.ms:.2f} ms{flag} "
           f"({pred.precision}, {threads} thread{'s' if threads > 1 else ''}: {cores})")
     print(f"graph: {human(cost.macs)} MACs, {len(cost.costed)} ops ({cost.format})")
     print(f"basis: {pred.basis}")
     print(f"leave-one-out error on {loo['scope']} ({loo['points']} points): mean {loo['mean_abs_error']:.0%}, "
-          f"max {loo['max_abs_error']:.0%}")
+          f"max {loo['max_abs_error']:.0%}; leave-one-family-out (an architecture the fit never saw) on "
+          f"{lofo['scope']}: mean {lofo['mean_abs_error']:.0%}, max {lofo['max_abs_error']:.0%}")
     for note in pred.notes:
         print(f"note: {note}")
     if args.layers:
@@ -246,24 +249,33 @@ def _measure(args: argparse.Namespace, threads: list[int]) -> int:
 
 
 def _list(as_json: bool) -> int:
-    from ..profile.predict import loo_summary
+    from ..profile.predict import FLAG_ERROR, lofo_summary, loo_summary
     from ..profile.profiles import all_profiles, get_profile
     from ..report import table
 
     profiles = all_profiles()
     host = get_profile("host")
     if as_json:
-        print(json.dumps([p.to_dict() for p in profiles] + [{**host.to_dict(), "measured": True}], indent=2))
+        rows = [{**p.to_dict(), "leave_one_out_fp32": loo_summary(p.name, "fp32")["mean_abs_error"],
+                 "leave_one_family_out": {prec: {k: v for k, v in lofo_summary(p.name, prec).items() if k != "rows"}
+                                          for prec in ("fp32", "int8")}} for p in profiles]
+        print(json.dumps(rows + [{**host.to_dict(), "measured": True}], indent=2))
         return 0
     rows = []
     for p in profiles:
         loo = loo_summary(p.name, "fp32")
         own = len(p.calibration)
+        lofo = [lofo_summary(p.name, prec) for prec in ("fp32", "int8")]
+        cells = [f"{x['mean_abs_error']:.0%}" + (" !" if x["unreliable"] else "") + ("" if own else " (pooled)")
+                 for x in lofo]
         rows.append((p.name, p.soc, p.summary(), f"{p.peak_macs(min(4, p.cores), 'fp32') / 1e9:.0f}",
                      f"{p.bandwidth_gbs:g}", own or "-",
-                     f"{loo['mean_abs_error']:.0%}" + ("" if own else " (pooled)")))
-    rows.append(("host", "this machine", host.summary(), "", "", "-", "measured, not predicted"))
+                     f"{loo['mean_abs_error']:.0%}" + ("" if own else " (pooled)"), *cells))
+    rows.append(("host", "this machine", host.summary(), "", "", "-", "measured, not predicted", "", ""))
     print(table(["device", "SoC", "cores", "peak fp32 GMAC/s (4 big)", "memory GB/s", "calibration points",
-                 "fp32 leave-one-out"], rows, right={3, 4, 5}))
+                 "fp32 leave-one-out", "fp32 leave-one-family-out", "int8 leave-one-family-out"], rows,
+                right={3, 4, 5}))
+    print(f"leave-one-family-out: each published point predicted by a fit that saw no network of its family; "
+          f"'!' = mean error above {FLAG_ERROR:.0%}: such predictions are flagged UNRELIABLE")
     print("every figure's source is in device_profiles/<device>.toml; predictions are labelled PREDICTED")
     return 0

@@ -5,7 +5,9 @@ process per batch), ``ssh://user@host`` or ``adb:SERIAL`` (``devices.run_on_devi
 ``edgerep profile --device ssh://...``). Timings are cached next to the output in ``<out>.partial.json``,
 rewritten atomically after every batch: an interrupted calibration resumes where it stopped, and the device
 file itself is written once, at the end, through a temporary file and a rename. The budget bounds the timing
-time: suite models are timed round-robin over kernels, so a short budget still covers every kernel.
+time: suite models are timed round-robin over kernels, so a short budget still covers every kernel. Each
+model's fastest time is kept (``host.time_many`` says why); the timings stay beside the device file in
+``<out>.timings.json``.
 
 Device file = the ``device_profiles/*.toml`` format (name, description, soc, clusters, memory, all sourced) plus
 ``[calibrated]`` (edgerep and runtime versions, the CPU measured, when) and the fitted ``[[fits]]`` /
@@ -79,7 +81,7 @@ def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", thr
                             "adb device through ssh (Termux) or use --device ssh://...")
     out.parent.mkdir(parents=True, exist_ok=True)
     cache_path = out.with_name(out.name + ".partial.json")
-    config = {"device": device, "runtime": runtime, "threads": threads, "per_kernel": per_kernel,
+    config = {"device": device, "runtime": runtime, "threads": threads, "per_kernel": per_kernel, "statistic": "min",
               "kernels": list(kernels), "edgerep": __version__}
     cache = _load_cache(cache_path, config)
     specs = sample_specs(per_kernel, kernels=kernels)
@@ -115,7 +117,7 @@ def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", thr
                 samples.append((_suite_cost(s, precision), ms))
         tables.append(fit_table(samples, precision, threads))
     _write_atomic(out, _device_toml(out.stem, device, runtime, cache["machine"], tables))
-    cache_path.unlink()
+    os.replace(cache_path, out.with_name(out.name + ".timings.json"))  # kept: refits and diagnosis need them
     return out
 
 
@@ -145,12 +147,13 @@ def _time(device: str, files: dict[str, Path], threads: int, ssh, adb) -> dict[s
     if device == "host":
         from .host import time_many
 
-        medians = time_many(list(files.values()), threads)
-        return {k: medians[p.name] for k, p in files.items()}
+        fastest = time_many(list(files.values()), threads)
+        return {k: fastest[p.name] for k, p in files.items()}
     from ..devices import run_on_device
 
-    return {k: run_on_device(p, device, threads=threads, warmup=3, runs=15, profile=False, ssh=ssh,
-                             adb=adb).timing.median_ms for k, p in files.items()}
+    timings = {k: run_on_device(p, device, threads=threads, warmup=3, runs=15, profile=False, ssh=ssh,
+                                adb=adb).timing for k, p in files.items()}
+    return {k: t.min_ms if t.min_ms is not None else t.median_ms for k, t in timings.items()}
 
 
 def _machine(device: str, sample: Path, threads: int, ssh) -> dict:
@@ -185,6 +188,9 @@ def _write_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
                                      delete=False) as f:
         f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)  # a temporary file is private; the result is an ordinary file
     os.replace(f.name, path)
 
 

@@ -115,8 +115,11 @@ def profile_artifact(
 
 def time_many(paths: list[str | Path], threads: int, *, rounds: int = 5, per_round: int = 5, warmup: int = 3,
               timeout: float = 600.0) -> dict[str, float]:
-    """Median ms of each file at ``threads`` threads, timed in *one* worker subprocess with the same runners as
-    ``profile_artifact`` (a calibration times hundreds of tiny models: one process start each would dominate)."""
+    """Fastest time (ms) of each file at ``threads`` threads, timed in *one* worker subprocess with the runners of
+    ``profile_artifact`` (a calibration times hundreds of tiny models: one process start each would dominate).
+
+    The minimum, not the median: on a shared machine a kernel of a few ms is preempted in most rounds (medians
+    measured here under load ran 10x the minimum), and the kernel's own cost is what a regressor should learn."""
     _check_threads((threads,))
     job = {"paths": [str(Path(p).resolve()) for p in paths], "threads": [threads], "rounds": rounds,
            "per_round": per_round, "warmup": warmup}
@@ -129,7 +132,7 @@ def time_many(paths: list[str | Path], threads: int, *, rounds: int = 5, per_rou
         raise BadInputError(f"timing crashed its runtime (exit {proc.returncode}): {tail}") from None
     if "error" in result:
         raise BadInputError(result["error"])
-    return {Path(k).name: v for k, v in result["medians"].items()}
+    return {Path(k).name: v for k, v in result["fastest"].items()}
 
 
 def _batch_worker(job: dict) -> dict:
@@ -148,7 +151,7 @@ def _batch_worker(job: dict) -> dict:
         keep.append(holder)
         calls[path] = call
     samples = interleaved_times(calls, rounds=job["rounds"], per_round=job["per_round"], warmup=job["warmup"])
-    return {"medians": {p: statistics.median(v) for p, v in samples.items()}}
+    return {"fastest": {p: min(v) for p, v in samples.items()}}
 
 
 def profile_torch(model, input_shape: tuple[int, ...], threads: tuple[int, ...] = (1,), *, rounds: int = 7,
