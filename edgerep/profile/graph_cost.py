@@ -134,8 +134,9 @@ _ONNX_BINARY = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul", "Max": "
                 "Equal": "add", "Less": "add", "Greater": "add", "Sum": "add", "Mean": "add", "BatchNormalization": "mul",
                 "QLinearAdd": "add", "QLinearMul": "mul", "InstanceNormalization": "mul",
                 "LayerNormalization": "mul"}
-_ONNX_GLOBAL_POOL = {"GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin",
-                     "ReduceL2", "QLinearGlobalAveragePool"}
+_ONNX_GLOBAL_POOL = {"GlobalAveragePool", "GlobalMaxPool", "QLinearGlobalAveragePool"}
+_ONNX_REDUCE = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2"}
+"""onnxruntime runs these with its generic reduction kernel, slower per element than its global pools."""
 _ONNX_WINDOW_POOL = {"AveragePool", "MaxPool", "QLinearAveragePool", "LpPool"}
 _ONNX_DATA = {"Transpose": "transpose", "Concat": "concat", "QLinearConcat": "concat", "Split": "split",
               "Slice": "slice", "Pad": "pad", "Resize": "resize", "Upsample": "resize", "Gather": "slice",
@@ -280,6 +281,8 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tu
         return "elementwise", _ONNX_BINARY[op]
     if op in _ONNX_GLOBAL_POOL:
         return "pool", "pool:global"
+    if op in _ONNX_REDUCE:
+        return "pool", "pool:reduce"
     if op in _ONNX_WINDOW_POOL:
         return "pool", "pool:window"
     if op in _ONNX_DATA:
