@@ -64,13 +64,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..devices import is_real_device
+    from ..profile.calibrate import is_device_file
     from ..profile.profiles import HOST, get_profile
 
     if args.list:
         return _list(args.json)
     if is_real_device(args.device):
         return _remote(args)
-    if args.device.endswith(".toml"):
+    if is_device_file(args.device):
         return _predict_calibrated(args)
     profile = get_profile(args.device)  # an unknown device fails first, listing the known ones
     if not args.artifact:

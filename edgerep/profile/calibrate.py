@@ -237,6 +237,7 @@ def _device_toml(name: str, device: str, runtime: str, machine: dict, tables: li
 
 
 def is_device_file(spec: str) -> bool:
+    """``--device`` names a calibrated device file (not a profile name, host, ssh:// or adb:)."""
     return spec.endswith(".toml")
 
 
