@@ -2,7 +2,8 @@
 
     edgerep calibrate host -o bench/results/host_onnxruntime_1t.toml --threads 1
     edgerep calibrate host -o bench/results/host_onnxruntime_2t.toml --threads 2
-    python bench/predict_accuracy.py --device-files bench/results/host_onnxruntime_1t.toml,bench/results/host_onnxruntime_2t.toml
+    python bench/predict_accuracy.py \
+        --device-files bench/results/host_onnxruntime_1t.toml,bench/results/host_onnxruntime_2t.toml
 
 Models: the networks of ``edgerep.profile.style_nets`` (MobileNetV3 / EfficientNet-lite, some with TF-"same"
 pads computed at run time / RegNet / GhostNet / ResNet styles) and zoo deploy forms (RepVGG, MobileOne,

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from edgerep.cli import main
-from edgerep.errors import BadInputError
 from edgerep.profile import calibrate as cal
 from edgerep.profile.graph_cost import graph_cost
 from edgerep.profile.kernel_suite import KERNELS, build_onnx, sample_specs

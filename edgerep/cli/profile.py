@@ -26,7 +26,8 @@ examples:
 peak memory, the CPU measured. Any other device predicts: a per-layer roofline whose efficiencies are fitted
 on published latencies (device_profiles/*.toml cite every one), always labelled PREDICTED with the
 leave-one-out error of the fit. A .toml written by `edgerep calibrate` predicts from that device's own
-per-kernel regressors (fusion-aware kernel list of the file, fitted on edgerep's kernel suite). ssh://user@host copies the file and a small runner to the device and
+per-kernel regressors (fusion-aware kernel list of the file, fitted on edgerep's kernel suite).
+ssh://user@host copies the file and a small runner to the device and
 times it there with the device's onnxruntime / ai-edge-litert; adb:SERIAL pushes a .tflite and runs
 your benchmark_model build pinned to the big cores. Core ML runs only on macOS and is not profiled here.
 Exit codes: 0 done, 2 bad input (unknown device, unreadable artifact, runtime cannot run it).

@@ -81,8 +81,8 @@ def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", thr
                             "adb device through ssh (Termux) or use --device ssh://...")
     out.parent.mkdir(parents=True, exist_ok=True)
     cache_path = out.with_name(out.name + ".partial.json")
-    config = {"device": device, "runtime": runtime, "threads": threads, "per_kernel": per_kernel, "statistic": "min",
-              "kernels": list(kernels), "edgerep": __version__}
+    config = {"device": device, "runtime": runtime, "threads": threads, "per_kernel": per_kernel,
+              "statistic": "fastest, thread-cpu at 1 thread", "kernels": list(kernels), "edgerep": __version__}
     cache = _load_cache(cache_path, config)
     specs = sample_specs(per_kernel, kernels=kernels)
     jobs = [(s, p) for s in specs for p in PRECISIONS]

@@ -131,7 +131,8 @@ _ONNX_ACT = {"Relu": "relu", "Clip": "relu", "LeakyRelu": "relu", "PRelu": "relu
              "Mish": "other", "Softplus": "other", "Elu": "other", "Selu": "other", "Celu": "other",
              "QLinearSigmoid": "sigmoid", "QLinearLeakyRelu": "relu", "QLinearSoftmax": "softmax"}
 _ONNX_BINARY = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul", "Max": "add", "Min": "add", "Where": "add",
-                "Equal": "add", "Less": "add", "Greater": "add", "Sum": "add", "Mean": "add", "BatchNormalization": "mul",
+                "Equal": "add", "Less": "add", "Greater": "add", "Sum": "add", "Mean": "add",
+                "BatchNormalization": "mul",
                 "QLinearAdd": "add", "QLinearMul": "mul", "InstanceNormalization": "mul",
                 "LayerNormalization": "mul"}
 _ONNX_GLOBAL_POOL = {"GlobalAveragePool", "GlobalMaxPool", "QLinearGlobalAveragePool"}
@@ -232,7 +233,7 @@ def _onnx_cost(path: Path) -> GraphCost:
             k = tuple(wshape[2:])
             kind = classify_conv(groups, wshape[1] * groups, wshape[0], k)
             stride = max(_attr(node, "strides", [1]) or [1])
-            kernel = _conv_kernel(kind, k, stride)
+            kernel = _conv_kernel(kind, k, stride, groups)
             macs = math.prod(out_shape) * math.prod(wshape[1:])
         elif kind == "fc":
             a = node.input[0]
@@ -299,12 +300,13 @@ def _is_const_like(node, producer: dict) -> bool:
     return False
 
 
-def _conv_kernel(kind: str, k: tuple[int, ...], stride: int) -> str:
-    """Kernel name of a convolution: runtimes pick different code per kernel size and stride."""
+def _conv_kernel(kind: str, k: tuple[int, ...], stride: int, groups: int = 1) -> str:
+    """Kernel name of a convolution: runtimes pick different code per kernel size, stride and grouping."""
     if kind == "pointwise":
         return "pointwise" if stride == 1 else "pointwise_s2"
     size = "x".join(str(d) for d in k)
-    return f"{kind}{size}s{min(stride, 2)}"
+    prefix = "gconv" if kind == "conv" and groups > 1 else kind
+    return f"{prefix}{size}s{min(stride, 2)}"
 
 
 # -------------------------------------------------------------------------------------------------- TFLite
@@ -377,7 +379,7 @@ def _tflite_cost(path: Path) -> GraphCost:
             cin = shape(ins[0])[-1]
             groups = cin // w[3] if w[3] else 1
             kind = classify_conv(groups, cin, w[0], w[1:3])
-            kernel = _conv_kernel(kind, w[1:3], stride)
+            kernel = _conv_kernel(kind, w[1:3], stride, groups)
             macs = math.prod(out_shape) * math.prod(w[1:])
         elif code == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, C*multiplier]
             w = shape(ins[1])

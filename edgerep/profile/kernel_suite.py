@@ -21,19 +21,22 @@ from ..errors import require
 
 CHANNELS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 960)
 SIZES = (7, 10, 14, 20, 28, 40, 56, 80, 112)
+GROUP_WIDTH = 8
+"""Channels per group of the grouped-conv kernels (RegNet-style bottlenecks use 8-64)."""
 MAX_MACS = 1.5e8
 """Larger kernels only slow the calibration down: time grows linearly with MACs well before this."""
 
 KERNELS = (
-    "conv3x3s1", "conv3x3s2", "pointwise", "depthwise3x3s1", "depthwise3x3s2", "depthwise5x5s1",
+    "conv3x3s1", "conv3x3s2", "gconv3x3s1", "gconv3x3s2", "pointwise", "depthwise3x3s1", "depthwise3x3s2",
+    "depthwise5x5s1",
     "depthwise5x5s2", "fc", "act:relu", "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu",
     "act:tanh", "add", "mul", "mul_broadcast", "pool:global", "pool:reduce", "pool:window", "copy:concat", "copy:pad",
     "copy:transpose", "copy:split", "copy:slice", "copy:resize", "block:se", "block:mbconv",
 )
 
-CHAINED = {k: 3 for k in ("conv3x3s1", "pointwise", "depthwise3x3s1", "depthwise5x5s1", "act:relu", "act:hardswish",
-                          "act:sigmoid", "act:hardsigmoid", "act:gelu", "act:tanh", "add", "mul", "mul_broadcast",
-                          "block:se")}
+CHAINED = {k: 3 for k in ("conv3x3s1", "gconv3x3s1", "pointwise", "depthwise3x3s1", "depthwise5x5s1", "act:relu",
+                          "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu", "act:tanh", "add", "mul",
+                          "mul_broadcast", "block:se")}
 """Kernels whose output has their input's shape run three times in a row with distinct weights: closer to a
 network than one op on hot caches, and the per-run cost of the session is spread over more work."""
 
@@ -67,7 +70,8 @@ def sample_specs(n_per_kernel: int, seed: int = 0, kernels: tuple[str, ...] = KE
             tries += 1
             cin, cout, size = rng.choice(CHANNELS), rng.choice(CHANNELS), rng.choice(SIZES)
             spec = KernelSpec(kernel, cin, cout if kernel in ("conv3x3s2", "pointwise", "fc") else cin,
-                              size, rng.choice(("none", "relu")) if kernel.startswith(("conv", "point")) else "none")
+                              size, rng.choice(("none", "relu")) if kernel.startswith(("conv", "gconv", "point"))
+                              else "none")
             if _macs(spec) <= MAX_MACS and spec not in specs:
                 specs.append(spec)
         per[kernel] = specs
@@ -84,6 +88,8 @@ def _macs_one(s: KernelSpec) -> float:
     hw = (s.size // stride) ** 2
     if s.kernel.startswith("conv") or s.kernel == "pointwise":
         return hw * s.cin * s.cout * k * k
+    if s.kernel.startswith("gconv"):
+        return hw * s.cin * GROUP_WIDTH * k * k
     if s.kernel.startswith("depthwise"):
         return hw * s.cin * k * k
     if s.kernel == "fc":
@@ -140,10 +146,11 @@ def _layer(spec: KernelSpec, x: str, i: int, conv, weight, nodes: list, inits: l
     """One copy of the spec's kernel reading ``x``; returns its output name (suffix ``i`` keeps names unique)."""
     kern, c = spec.kernel, spec.cin
     t = f"_{i}"
-    if kern.startswith("conv") or kern == "pointwise":
-        k, s = (3, 2 if kern.endswith("s2") else 1) if kern.startswith("conv") else (1, 1)
+    if kern.startswith(("conv", "gconv")) or kern == "pointwise":
+        k, s = (3, 2 if kern.endswith("s2") else 1) if kern != "pointwise" else (1, 1)
         cin, cout = (c, spec.cout) if i % 2 == 0 else (spec.cout, c)  # a pointwise chain alternates widths
-        return conv(x, cin, cout, k, s, 1, spec.act, "conv" + t)
+        groups = c // GROUP_WIDTH if kern.startswith("gconv") else 1
+        return conv(x, cin, cout, k, s, groups, spec.act, "conv" + t)
     if kern.startswith("depthwise"):
         k, s = (3 if "3x3" in kern else 5), (2 if kern.endswith("s2") else 1)
         return conv(x, c, c, k, s, c, "none", "dw" + t)
