@@ -153,24 +153,26 @@ def _batch_worker(job: dict) -> dict:
         keep.append(holder)
         calls[path] = call
     if n == 1:  # one intra-op thread computes in this thread: its CPU time excludes other jobs' time slices
-        return {"fastest": _thread_cpu_fastest(calls, job["rounds"] * job["per_round"], job["warmup"])}
+        return {"fastest": _thread_cpu_fastest(calls, job["rounds"], job["per_round"], job["warmup"])}
     samples = interleaved_times(calls, rounds=job["rounds"], per_round=job["per_round"], warmup=job["warmup"])
     return {"fastest": {p: min(v) for p, v in samples.items()}}
 
 
-def _thread_cpu_fastest(calls: dict, runs: int, warmup: int) -> dict[str, float]:
-    """Fastest thread-CPU time (ms) of each call, the calls interleaved run by run."""
+def _thread_cpu_fastest(calls: dict, rounds: int, per_round: int, warmup: int) -> dict[str, float]:
+    """Fastest thread-CPU time (ms) of each call over interleaved rounds of ``per_round`` back-to-back calls (the
+    same pattern as ``interleaved_times``: a model runs on caches it warmed itself, as it does in a network)."""
     import time
 
     for call in calls.values():
         for _ in range(warmup):
             call()
     best = {p: float("inf") for p in calls}
-    for _ in range(runs):
+    for _ in range(rounds):
         for p, call in calls.items():
-            t0 = time.thread_time()
-            call()
-            best[p] = min(best[p], (time.thread_time() - t0) * 1e3)
+            for _ in range(per_round):
+                t0 = time.thread_time()
+                call()
+                best[p] = min(best[p], (time.thread_time() - t0) * 1e3)
     return best
 
 
