@@ -3,6 +3,7 @@ known parameters, leave-one-out runs on every calibration point, predictions are
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -113,3 +114,38 @@ def test_extrapolation_is_flagged():
     net = mobilenet_v2(0.35, 32, 4)  # ~0.3M MACs: far below every calibration network
     tiny = GraphCost("tiny", "reference", "fp32", net.input_shape, net.layers)
     assert any("outside the calibrated range" in n for n in predict(tiny, pixel4, 4).notes)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_leave_one_family_out_never_fits_on_the_held_out_family(precision, monkeypatch):
+    pr = importlib.import_module("edgerep.profile.predict")  # the package re-exports a function of that name
+
+    seen = []
+    real_fit = pr.fit
+
+    def spy(points, prec):
+        seen.append({pr.family(c.model) for _, c in points})
+        return real_fit(points, prec)
+
+    pr.leave_one_family_out.cache_clear()
+    monkeypatch.setattr(pr, "fit", spy)
+    rows = pr.leave_one_family_out(precision)
+    pr.leave_one_family_out.cache_clear()
+    assert rows and {r["family"] for r in rows} == {pr.family(c.model) for _, c in pr._points(pr.all_profiles(),
+                                                                                              precision)}
+    for fam in {r["family"] for r in rows}:
+        assert any(fam not in s for s in seen)
+    assert all(fam_set for fam_set in seen)
+
+
+def test_unreliable_profiles_are_flagged_beside_the_number(capsys, tmp_path):
+    from edgerep.cli import main
+    from edgerep.profile.predict import FLAG_ERROR, lofo_summary
+    from edgerep.profile.profiles import all_profiles
+
+    flagged = [p.name for p in all_profiles() if lofo_summary(p.name, "int8")["mean_abs_error"] > FLAG_ERROR]
+    assert main(["profile", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in flagged:
+        line = next(l for l in out.splitlines() if l.startswith(name))
+        assert " !" in line

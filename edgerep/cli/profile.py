@@ -19,12 +19,15 @@ examples:
   edgerep profile mobilenet_v2.tflite --device pixel7 --layers --json
   edgerep profile model.onnx --device ssh://pi@raspberrypi.local --threads 4 --identity ~/.ssh/id_ed25519
   edgerep profile model.tflite --device adb:R58M123 --threads 4 --benchmark-binary ./benchmark_model
+  edgerep profile model.onnx --device host.toml --threads 1         # predicted from `edgerep calibrate`
   edgerep profile --list                                            # the device profiles and their specs
 
 --device host (the default) measures: warm-up, interleaved rounds, median / p90 / spread per thread count,
 peak memory, the CPU measured. Any other device predicts: a per-layer roofline whose efficiencies are fitted
 on published latencies (device_profiles/*.toml cite every one), always labelled PREDICTED with the
-leave-one-out error of the fit. ssh://user@host copies the file and a small runner to the device and
+leave-one-out error of the fit. A .toml written by `edgerep calibrate` predicts from that device's own
+per-kernel regressors (fusion-aware kernel list of the file, fitted on edgerep's kernel suite).
+ssh://user@host copies the file and a small runner to the device and
 times it there with the device's onnxruntime / ai-edge-litert; adb:SERIAL pushes a .tflite and runs
 your benchmark_model build pinned to the big cores. Core ML runs only on macOS and is not profiled here.
 Exit codes: 0 done, 2 bad input (unknown device, unreadable artifact, runtime cannot run it).
@@ -43,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("artifact", nargs="?", help=".onnx or .tflite file")
     p.add_argument("--device", default="host",
-                   help="host (measure), ssh://user@host[:port] or adb:SERIAL (measure there), or a profile name "
-                   "(predict); see --list")
+                   help="host (measure), ssh://user@host[:port] or adb:SERIAL (measure there), a profile name "
+                   "(predict; see --list) or a device file from edgerep calibrate (predict)")
     p.add_argument("--threads", help="threads (host: comma list, e.g. 1,2; default 1; device: default 4 big cores)")
     p.add_argument("--cores", help="host only: pin to these cores, e.g. 0 or 0,1")
     p.add_argument("--layers", nargs="?", type=int, const=10, default=0, metavar="N",
@@ -62,12 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..devices import is_real_device
+    from ..profile.calibrate import is_device_file
     from ..profile.profiles import HOST, get_profile
 
     if args.list:
         return _list(args.json)
     if is_real_device(args.device):
         return _remote(args)
+    if is_device_file(args.device):
+        return _predict_calibrated(args)
     profile = get_profile(args.device)  # an unknown device fails first, listing the known ones
     if not args.artifact:
         raise BadInputError("give an .onnx or .tflite file to profile (see `edgerep profile --help`)")
@@ -144,12 +150,15 @@ def _predict(args: argparse.Namespace, profile, threads: int) -> int:
     used = Counter(f"{c.core.split(' (')[0]} @ {c.ghz:g} GHz" for c in profile.used_cores(threads))
     cores = ", ".join(f"{n}x {core}" for core, n in used.items())
     loo = pred.loo
-    print(f"{args.artifact} on {profile.name} ({profile.soc}): PREDICTED {pred.ms:.2f} ms "
+    lofo = loo["leave_one_family_out"]
+    flag = f"  [expected error {lofo['mean_abs_error']:.0%} > 25%]" if lofo["unreliable"] else ""
+    print(f"{args.artifact} on {profile.name} ({profile.soc}): PREDICTED {pred.ms:.2f} ms{flag} "
           f"({pred.precision}, {threads} thread{'s' if threads > 1 else ''}: {cores})")
     print(f"graph: {human(cost.macs)} MACs, {len(cost.costed)} ops ({cost.format})")
     print(f"basis: {pred.basis}")
     print(f"leave-one-out error on {loo['scope']} ({loo['points']} points): mean {loo['mean_abs_error']:.0%}, "
-          f"max {loo['max_abs_error']:.0%}")
+          f"max {loo['max_abs_error']:.0%}; leave-one-family-out (an architecture the fit never saw) on "
+          f"{lofo['scope']}: mean {lofo['mean_abs_error']:.0%}, max {lofo['max_abs_error']:.0%}")
     for note in pred.notes:
         print(f"note: {note}")
     if args.layers:
@@ -157,6 +166,49 @@ def _predict(args: argparse.Namespace, profile, threads: int) -> int:
                  f"{ms / pred.ms:.1%}") for lc, ms in pred.top_layers(args.layers)]
         print()
         print(table(["layer", "op", "kind", "MACs", "bytes", "predicted ms", "share"], rows, right={3, 4, 5, 6}))
+    return 0
+
+
+def _predict_calibrated(args: argparse.Namespace) -> int:
+    """Predict from a calibrated device file's per-kernel regressors."""
+    from ..profile.calibrate import load_device_file
+    from ..profile.graph_cost import graph_cost
+    from ..profile.kernel_table import predict_table
+    from ..report import human, table
+
+    if not args.artifact:
+        raise BadInputError("give an .onnx or .tflite file to profile (see `edgerep profile --help`)")
+    threads = [_int(t, "--threads") for t in split_list(args.threads or "1")]
+    if len(threads) != 1 or args.cores:
+        raise BadInputError("a calibrated-device prediction takes one --threads value and no --cores")
+    cal = load_device_file(args.device)
+    cost = graph_cost(args.artifact)
+    tab = cal.table(cost.precision, threads[0])
+    pred = predict_table(cost, tab)
+    if args.json:
+        print(json.dumps({
+            "label": "predicted", "artifact": args.artifact, "device_file": str(cal.path), "device": cal.name,
+            "runtime": cal.runtime, "runtime_version": cal.runtime_version, "cpu": cal.cpu,
+            "threads": threads[0], "precision": cost.precision, "latency_ms": round(pred.ms, 3),
+            "partial": pred.partial, "notes": pred.notes, "macs": cost.macs, "ops": len(cost.costed),
+            "suite_fit_error": tab.median_abs_error,
+            "layers": [{"name": lc.name, "op": lc.op, "kernel": lc.kernel, "macs": lc.macs, "bytes": lc.bytes,
+                        "ms": round(ms, 4)} for lc, ms in sorted(pred.layers, key=lambda x: -x[1])[: args.layers]],
+        }, indent=2))
+        return 0
+    print(f"{args.artifact} on {cal.name} ({cal.cpu}): PREDICTED {pred.ms:.2f} ms"
+          + (" (PARTIAL)" if pred.partial else "")
+          + f" ({cost.precision}, {threads[0]} thread(s), {cal.runtime} {cal.runtime_version})")
+    print(f"graph: {human(cost.macs)} MACs, {len(cost.costed)} ops ({cost.format})")
+    print(f"basis: per-kernel regressors of {cal.path} ({tab.models} suite models, median fit error on the suite "
+          f"{tab.median_abs_error:.1%})")
+    for note in pred.notes:
+        print(f"note: {note}")
+    if args.layers:
+        rows = [(lc.name[-48:], lc.kernel, human(lc.macs), f"{ms:.3f}", f"{ms / pred.ms:.1%}")
+                for lc, ms in sorted(pred.layers, key=lambda x: -x[1])[: args.layers]]
+        print()
+        print(table(["layer", "kernel", "MACs", "predicted ms", "share"], rows, right={2, 3, 4}))
     return 0
 
 
@@ -199,24 +251,33 @@ def _measure(args: argparse.Namespace, threads: list[int]) -> int:
 
 
 def _list(as_json: bool) -> int:
-    from ..profile.predict import loo_summary
+    from ..profile.predict import FLAG_ERROR, lofo_summary, loo_summary
     from ..profile.profiles import all_profiles, get_profile
     from ..tables import table
 
     profiles = all_profiles()
     host = get_profile("host")
     if as_json:
-        print(json.dumps([p.to_dict() for p in profiles] + [{**host.to_dict(), "measured": True}], indent=2))
+        rows = [{**p.to_dict(), "leave_one_out_fp32": loo_summary(p.name, "fp32")["mean_abs_error"],
+                 "leave_one_family_out": {prec: {k: v for k, v in lofo_summary(p.name, prec).items() if k != "rows"}
+                                          for prec in ("fp32", "int8")}} for p in profiles]
+        print(json.dumps(rows + [{**host.to_dict(), "measured": True}], indent=2))
         return 0
     rows = []
     for p in profiles:
         loo = loo_summary(p.name, "fp32")
         own = len(p.calibration)
+        lofo = [lofo_summary(p.name, prec) for prec in ("fp32", "int8")]
+        cells = [f"{x['mean_abs_error']:.0%}" + (" !" if x["unreliable"] else "") + ("" if own else " (pooled)")
+                 for x in lofo]
         rows.append((p.name, p.soc, p.summary(), f"{p.peak_macs(min(4, p.cores), 'fp32') / 1e9:.0f}",
                      f"{p.bandwidth_gbs:g}", own or "-",
-                     f"{loo['mean_abs_error']:.0%}" + ("" if own else " (pooled)")))
-    rows.append(("host", "this machine", host.summary(), "", "", "-", "measured, not predicted"))
+                     f"{loo['mean_abs_error']:.0%}" + ("" if own else " (pooled)"), *cells))
+    rows.append(("host", "this machine", host.summary(), "", "", "-", "measured, not predicted", "", ""))
     print(table(["device", "SoC", "cores", "peak fp32 GMAC/s (4 big)", "memory GB/s", "calibration points",
-                 "fp32 leave-one-out"], rows, right={3, 4, 5}))
+                 "fp32 leave-one-out", "fp32 leave-one-family-out", "int8 leave-one-family-out"], rows,
+                right={3, 4, 5}))
+    print(f"leave-one-family-out: each published point predicted by a fit that saw no network of its family; "
+          f"'!' = mean error above {FLAG_ERROR:.0%}: such predictions are flagged UNRELIABLE")
     print("every figure's source is in device_profiles/<device>.toml; predictions are labelled PREDICTED")
     return 0

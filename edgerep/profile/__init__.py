@@ -1,7 +1,9 @@
 """Latency: measured on this host (``host``), predicted for device profiles (``predict``) from a graph's cost.
 
 Data flows one way: an artifact file -> ``graph_cost`` (per-layer MACs / bytes / op kind) -> ``predict`` with a
-``Profile`` (device_profiles/*.toml), or the artifact -> ``host.profile_artifact`` (timed with its own runtime).
+``Profile`` (device_profiles/*.toml), or -> ``kernel_table.predict_table`` with a device file written by
+``calibrate`` (edgerep's kernel suite timed on the device), or the artifact -> ``host.profile_artifact`` (timed
+with its own runtime).
 """
 
 from .graph_cost import GraphCost, LayerCost, graph_cost

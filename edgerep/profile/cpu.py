@@ -3,6 +3,7 @@
 Host timings mean nothing without this: onnxruntime and XNNPACK pick AVX2 / AVX-512 / VNNI kernels at run time,
 and a VM may hide flags its physical CPU has (this machine's EPYC shows no AVX-512), so the flags are read
 from /proc/cpuinfo, not guessed from the model name.
+This module is a leaf (it imports nothing of edgerep): ``profiles.host_profile`` builds the host's profile from it.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import os
 import platform
 from functools import cache
 from pathlib import Path
-
-from .profiles import HOST, Cluster, Profile
 
 VECTOR_FLAGS = ("sse4_2", "avx", "fma", "avx2", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
                 "avx512_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16")
@@ -34,24 +33,6 @@ def describe_cpu() -> dict:
         "vector_flags": [f for f in VECTOR_FLAGS if f in flags],
         "hypervisor": "hypervisor" in flags,
     }
-
-
-def host_profile() -> Profile:
-    """This machine as a profile (for ``edgerep devices``); per-cycle throughputs are estimates from the ISA."""
-    cpu = describe_cpu()
-    flags = set(cpu["vector_flags"])
-    # fp32 MACs/cycle/core: two FMA pipes of the widest vector unit (AVX-512: 16 lanes, AVX2: 8, NEON/SSE: 4)
-    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
-    int8 = lanes * (4 if flags & {"avx512_vnni", "avx_vnni", "asimddp"} else 2)
-    ghz = (cpu["mhz"] or 0) / 1000 or 1.0
-    caches = cpu["caches"]
-    return Profile(
-        name=HOST, description=f"this machine: {cpu['model']} ({cpu['arch']})", soc=cpu["model"],
-        clusters=(Cluster(cpu["model"], len(cpu["usable_cpus"] or [0]), ghz, 2.0 * lanes, 2.0 * int8,
-                          "/proc/cpuinfo (per-cycle throughput estimated from the vector flags)", estimate=True),),
-        bandwidth_gbs=0.0, caches_kb={k: caches.get(k, 0.0) for k in ("l1d_kb", "l2_kb", "l3_kb")},
-        memory_source="not measured: on the host edgerep measures latency instead of predicting it",
-    )
 
 
 def _cpuinfo() -> dict[str, str]:

@@ -1,17 +1,24 @@
-"""Per-layer cost of an exported graph (ONNX or TFLite): op kind, MACs and bytes moved, read from the file alone.
+"""Per-layer cost of an exported graph (ONNX or TFLite): op kind, kernel, MACs and bytes moved, from the file alone.
 
-This is what the latency predictor runs on, so it must work on any user's file, not only edgerep's exports.
+This is what the latency predictors run on, so it must be right on any user's file, not only edgerep's exports.
 Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for both formats:
 
+- every shape is resolved statically (``onnx_shapes.resolve``: shape inference plus folding of shape
+  sub-graphs); an op that must be costed but whose shape stays unknown is a BadInputError naming it, and an op
+  type no table here knows is listed in ``GraphCost.uncosted`` (the result is then *partial*, and says so):
+  never a silent zero.
 - ``macs``: convolutions (dense, pointwise 1x1, depthwise) and fully connected / matmul layers count
-  multiply-accumulates (what ``edgerep.proof.metrics.count_macs`` counts in PyTorch); pools and elementwise ops count
-  one operation per output element in ``elements`` instead, so MACs stay comparable with PyTorch's count.
+  multiply-accumulates (what ``edgerep.proof.metrics.count_macs`` counts in PyTorch); pools, activations,
+  element-wise ops and copies count one operation per output element in ``elements`` instead.
 - ``bytes``: activations read and written plus weights read, in the dtype the runtime computes in (a
   quantized ONNX QDQ graph holds float tensors between its Q/DQ pairs, but runtimes fuse them into int8 kernels,
   so its tensors count 1 byte per element).
-- kind ``fused``: work a runtime folds into the previous kernel (BatchNorm or ReLU/ReLU6 right after a conv,
-  Q/DQ pairs around int8 kernels): no cost, no per-op overhead. Kind ``free``: reshapes and shape arithmetic,
-  which move no data.
+- ``kernel``: what the runtime executes, e.g. ``depthwise3x3s2``, ``pointwise``, ``act:hardswish``, ``mul``,
+  ``pool:global``, ``copy:concat``, ``requant``: the key of a calibrated device's per-kernel regressors.
+- kind ``fused``: work a runtime folds into the kernel before it (BatchNorm, a bias add, ReLU/clip and - in
+  onnxruntime - sigmoid / hard-sigmoid / tanh / leaky-ReLU after a conv; Q/DQ pairs around int8 kernels): no
+  cost, no per-op overhead. Kind ``requant``: a Q/DQ pair the runtime keeps (around an op it has no int8 kernel
+  for). Kind ``free``: reshapes and shape arithmetic, which move no data.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from pathlib import Path
 from ..errors import BadInputError, require
 
 COMPUTE_KINDS = ("conv", "pointwise", "depthwise", "fc")
-KINDS = COMPUTE_KINDS + ("pool", "elementwise", "data", "fused", "free")
-COSTED_KINDS = COMPUTE_KINDS + ("pool", "elementwise", "data")
+COSTED_KINDS = COMPUTE_KINDS + ("activation", "elementwise", "pool", "data", "requant", "unknown")
+KINDS = COSTED_KINDS + ("fused", "free")
 """Kinds that cost time and a kernel launch; ``fused`` and ``free`` cost nothing."""
 
 
@@ -41,6 +48,7 @@ class LayerCost:
     weight_bytes: int = 0
     act_bytes: int = 0
     out_shape: tuple[int, ...] = ()
+    kernel: str = ""
 
     @property
     def bytes(self) -> int:
@@ -56,6 +64,12 @@ class GraphCost:
     precision: str
     input_shape: tuple[int, ...]
     layers: list[LayerCost] = field(default_factory=list)
+    uncosted: list[str] = field(default_factory=list)
+    """Ops of a type no cost table knows (name and op): their time is missing, so the total is partial."""
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.uncosted)
 
     @property
     def macs(self) -> int:
@@ -78,7 +92,8 @@ class GraphCost:
         return {
             "source": self.source, "format": self.format, "precision": self.precision,
             "input_shape": list(self.input_shape), "macs": self.macs, "ops": len(self.costed),
-            "by_kind": self.by_kind(), "layers": [asdict(layer) for layer in self.layers],
+            "by_kind": self.by_kind(), "partial": self.partial,
+            "uncosted": self.uncosted, "layers": [asdict(layer) for layer in self.layers],
         }
 
 
@@ -109,125 +124,208 @@ def classify_conv(groups: int, cin: int, cout: int, kernel: tuple[int, ...]) -> 
 
 # ---------------------------------------------------------------------------------------------------- ONNX
 
-_ONNX_ELEMENTWISE = {
-    "Add", "Sub", "Mul", "Div", "Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu",
-    "PRelu", "Softmax", "Exp", "Sqrt", "Pow", "Erf", "Gelu", "BatchNormalization", "Max", "Min", "Neg",
-    "QuantizeLinear", "DequantizeLinear", "Cast", "Abs", "Log", "Reciprocal", "Where", "Equal", "Not",
-}
-_ONNX_POOL = {"AveragePool", "MaxPool", "GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceMax", "ReduceSum"}
-_ONNX_DATA = {"Transpose", "Concat", "Split", "Slice", "Pad", "Resize", "Gather", "Tile", "Expand", "DepthToSpace",
-              "SpaceToDepth"}
+_ONNX_ACT = {"Relu": "relu", "Clip": "relu", "LeakyRelu": "relu", "PRelu": "relu", "Sigmoid": "sigmoid",
+             "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish", "Tanh": "tanh", "Gelu": "gelu", "Erf": "gelu",
+             "Softmax": "softmax", "Exp": "other", "Sqrt": "other", "Pow": "other", "Log": "other",
+             "Reciprocal": "other", "Abs": "other", "Neg": "other", "Not": "other", "Cast": "other",
+             "Mish": "other", "Softplus": "other", "Elu": "other", "Selu": "other", "Celu": "other",
+             "QLinearSigmoid": "sigmoid", "QLinearLeakyRelu": "relu", "QLinearSoftmax": "softmax"}
+_ONNX_BINARY = {"Add": "add", "Sub": "add", "Mul": "mul", "Div": "mul", "Max": "add", "Min": "add", "Where": "add",
+                "Equal": "add", "Less": "add", "Greater": "add", "Sum": "add", "Mean": "add",
+                "BatchNormalization": "mul",
+                "QLinearAdd": "add", "QLinearMul": "mul", "InstanceNormalization": "mul",
+                "LayerNormalization": "mul"}
+_ONNX_GLOBAL_POOL = {"GlobalAveragePool", "GlobalMaxPool", "QLinearGlobalAveragePool"}
+_ONNX_REDUCE = {"ReduceMean", "ReduceMax", "ReduceSum", "ReduceMin", "ReduceL2"}
+"""onnxruntime runs these with its generic reduction kernel, slower per element than its global pools."""
+_ONNX_WINDOW_POOL = {"AveragePool", "MaxPool", "QLinearAveragePool", "LpPool"}
+_ONNX_DATA = {"Transpose": "transpose", "Concat": "concat", "QLinearConcat": "concat", "Split": "split",
+              "Slice": "slice", "Pad": "pad", "Resize": "resize", "Upsample": "resize", "Gather": "slice",
+              "Tile": "concat", "Expand": "concat", "DepthToSpace": "transpose", "SpaceToDepth": "transpose"}
 _ONNX_FREE = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Constant", "ConstantOfShape",
               "Dropout", "Range", "Size"}
 _ONNX_CONV = {"Conv", "QLinearConv", "ConvInteger"}
-_ONNX_FC = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger"}
+_ONNX_FC = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "QGemm", "MatMulIntegerToFloat"}
 _ONNX_QUANT = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-               "QLinearAdd", "QLinearGlobalAveragePool"}
-_FUSABLE_ACT = {"Relu", "Clip", "BatchNormalization"}
+               "QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul", "QLinearConcat", "QGemm",
+               "QLinearSigmoid", "QLinearAveragePool", "DynamicQuantizeLinear"}
+_CONV_FUSED_ACT = {"fp32": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}, "int8": {"Relu", "Clip"}}
+"""Activations onnxruntime fuses into the conv before it (its ConvActivationFusion; int8 QDQ keeps only ReLU /
+clip, which requantization absorbs). BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
+_INT8_OPS = _ONNX_CONV | _ONNX_FC | {
+    "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Transpose", "Squeeze",
+    "Unsqueeze", "Flatten", "Resize", "Relu", "Clip", "Sigmoid", "LeakyRelu", "Softmax", "Split", "Pad", "Slice",
+    "Gather", "Identity", "QuantizeLinear", "DequantizeLinear"}
+"""Ops onnxruntime runs in int8 between a DequantizeLinear / QuantizeLinear pair (its QDQ transformers): the pair
+around them vanishes; around any other op it stays, as float requantization work."""
 _NP_SIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 """ONNX TensorProto data type -> bytes per element."""
 
 
+def _attr(node, name: str, default):
+    for a in node.attribute:
+        if a.name == name:
+            return list(a.ints) if a.ints else a.i if a.type == 2 else a.f if a.type == 1 else default
+    return default
+
+
 def _onnx_cost(path: Path) -> GraphCost:
+    from .onnx_shapes import resolve
+
     onnx = require("onnx", "onnx")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise BadInputError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     graph = model.graph
-    weights = {t.name: t for t in graph.initializer}
-    for inp in graph.input:  # a symbolic batch (or any symbolic dim) is taken as 1, so shapes can be inferred
-        for dim in inp.type.tensor_type.shape.dim:
-            if not dim.HasField("dim_value"):
-                dim.Clear()
-                dim.dim_value = 1
-    del graph.value_info[:]
-    try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:
-        raise BadInputError(f"{path}: ONNX shape inference failed ({exc}); export with static input shapes") from None
-    graph = model.graph
-    shapes: dict[str, tuple[int, ...]] = {}
-    itemsize: dict[str, int] = {}
-    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in tt.shape.dim)
-        itemsize[vi.name] = _NP_SIZE.get(tt.elem_type, 4)
-    for name, t in weights.items():
-        shapes[name] = tuple(t.dims)
-        itemsize[name] = _NP_SIZE.get(t.data_type, 4)
+    weights = {t.name for t in graph.initializer}
+    res = resolve(model, str(path))
+    shapes, types = res.shapes, res.elem_types
 
     ops = Counter(n.op_type for n in graph.node)
     quantized = any(op in _ONNX_QUANT for op in ops)
-    consumers = Counter(i for n in graph.node for i in n.input)
+    precision = "int8" if quantized else "fp32"
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
     producer = {o: n for n in graph.node for o in n.output}
-    const = set(weights) | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    # weights reached through DequantizeLinear (QDQ) are still weights
-    const |= {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in const}
+    const = set(weights) | res.folded
+    # weights reached through DequantizeLinear (QDQ), Transpose or Cast of a constant are still weights
+    for n in graph.node:
+        if n.op_type in ("DequantizeLinear", "Cast", "Transpose", "Identity") and n.input and n.input[0] in const:
+            const.update(n.output)
 
     def numel(name: str) -> int:
-        return math.prod(shapes.get(name, ()))
+        return math.prod(shapes.get(name) or ())
 
     def nbytes(name: str) -> int:
-        return numel(name) * (1 if quantized else itemsize.get(name, 4))
+        return numel(name) * (1 if quantized else _NP_SIZE.get(types.get(name, 1), 4))
 
     first_input = next((i for i in graph.input if i.name not in weights), None)
-    layers = []
+    layers, uncosted = [], []
     for i, node in enumerate(graph.node):
         op = node.op_type
         name = node.name or f"{op}_{i}"
+        out = node.output[0] if node.output else ""
+        if out in const or op in _ONNX_FREE:
+            layers.append(LayerCost(name, op, "free", kernel="free"))
+            continue
         acts_in = [x for x in node.input if x and x not in const]
         w_in = [x for x in node.input if x and x in const]
-        out = node.output[0] if node.output else ""
-        out_shape = shapes.get(out, ())
+        src = producer.get(acts_in[0]) if acts_in else None
+        kind, kernel = _onnx_kind(node, src, consumers, producer, precision)
+        if kind in ("fused", "free"):
+            layers.append(LayerCost(name, op, kind, kernel=kind))
+            continue
+        out_shape = shapes.get(out)
+        missing = [x for x in acts_in + [out] if shapes.get(x) is None]
+        if missing:
+            raise BadInputError(f"{path}: cannot cost node {name!r} ({op}): the shape of {missing[0]!r} is unknown "
+                                "even after folding the shape sub-graphs; export with static shapes")
         act_bytes = sum(nbytes(x) for x in acts_in) + sum(nbytes(o) for o in node.output if o)
         w_bytes = sum(nbytes(x) for x in w_in)
-        macs, elements = 0, math.prod(out_shape) if out_shape else 0
-        src = producer.get(acts_in[0]) if acts_in else None
-        if op in _ONNX_CONV:
+        macs, elements = 0, math.prod(out_shape)
+        if kind in COMPUTE_KINDS and op in _ONNX_CONV:
             w = node.input[3] if op == "QLinearConv" else node.input[1]
-            wshape = shapes.get(w, ())
-            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-            cin = wshape[1] * groups if len(wshape) > 1 else 0
-            kind = classify_conv(groups, cin, wshape[0] if wshape else 0, tuple(wshape[2:]))
-            macs = math.prod(out_shape) * math.prod(wshape[1:]) if out_shape and wshape else 0
-        elif op in _ONNX_FC:
-            kind = "fc"
-            a, b = (node.input[0], node.input[3]) if op == "QLinearMatMul" else (node.input[0], node.input[1])
-            ka = shapes.get(a, ())
-            trans_a = next((x.i for x in node.attribute if x.name == "transA"), 0)
-            k = (ka[-2] if trans_a else ka[-1]) if ka else 0
-            macs = math.prod(out_shape) * k if out_shape else 0
-        elif op in ("QuantizeLinear", "DequantizeLinear") or (
-            op in _FUSABLE_ACT and src is not None and src.op_type in _ONNX_CONV | _ONNX_FC | {"BatchNormalization"}
-            and consumers[acts_in[0]] == 1
-        ):
-            kind = "fused"
-        elif op in _ONNX_POOL or op == "QLinearGlobalAveragePool":
-            kind = "pool"
+            wshape = shapes.get(w) or ()
+            groups = _attr(node, "group", 1)
+            k = tuple(wshape[2:])
+            kind = classify_conv(groups, wshape[1] * groups, wshape[0], k)
+            stride = max(_attr(node, "strides", [1]) or [1])
+            kernel = _conv_kernel(kind, k, stride, groups)
+            macs = math.prod(out_shape) * math.prod(wshape[1:])
+        elif kind == "fc":
+            a = node.input[0]
+            ka = shapes.get(a) or (0,)
+            k = ka[-2] if _attr(node, "transA", 0) else ka[-1]
+            macs = math.prod(out_shape) * k
+        elif kind == "pool":
             elements = sum(numel(x) for x in acts_in)
-        elif op in _ONNX_ELEMENTWISE or op.startswith("QLinear"):
-            kind = "elementwise"
-        elif op in _ONNX_FREE:
-            kind = "free"
-        elif op in _ONNX_DATA:
-            kind = "data"
-        else:  # an op this table does not know still costs a kernel and its data movement
-            kind = "elementwise"
-        if kind in ("fused", "free"):
-            macs = elements = w_bytes = act_bytes = 0
-        layers.append(LayerCost(name, op, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape))
-    in_shape = shapes.get(first_input.name, ()) if first_input is not None else ()
-    return GraphCost(str(path), "onnx", "int8" if quantized else "fp32", in_shape, layers)
+        elif kind == "unknown":
+            uncosted.append(f"{name} ({op})")
+        layers.append(LayerCost(name, op, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
+                                kernel))
+    in_shape = shapes.get(first_input.name) or () if first_input is not None else ()
+    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted)
+
+
+def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tuple[str, str]:
+    """(kind, kernel) of one ONNX node, fusions included; the conv kernel is completed by the caller."""
+    op = node.op_type
+    if op in _ONNX_CONV:
+        return "conv", ""
+    if op in _ONNX_FC:
+        return "fc", "fc"
+    if op == "DynamicQuantizeLinear":
+        return "requant", "requant"
+    if op in ("QuantizeLinear", "DequantizeLinear"):
+        if op == "DequantizeLinear":
+            users = consumers.get(node.output[0], [])
+            neighbours_int8 = bool(users) and all(u.op_type in _INT8_OPS for u in users)
+        else:
+            neighbours_int8 = src is not None and src.op_type in _INT8_OPS
+        return ("fused", "fused") if neighbours_int8 else ("requant", "requant")
+    single = src is not None and len(consumers.get(node.input[0], [])) == 1
+    base = src
+    while base is not None and base.op_type == "DequantizeLinear":  # QDQ: look through the DQ to the kernel
+        base = producer.get(base.input[0]) if base.input else None
+        base = producer.get(base.input[0]) if base is not None and base.op_type == "QuantizeLinear" else base
+    if single and base is not None and base.op_type in _ONNX_CONV | _ONNX_FC | {"FusedConv"}:
+        if op in _CONV_FUSED_ACT[precision] or op == "BatchNormalization":
+            return "fused", "fused"
+        if op == "Add" and len([x for x in node.input if x]) == 2 and _is_const_like(node, producer):
+            return "fused", "fused"  # bias add folded into the conv / matmul
+    if op in _ONNX_ACT:
+        return "activation", f"act:{_ONNX_ACT[op]}"
+    if op in _ONNX_BINARY:
+        return "elementwise", _ONNX_BINARY[op]
+    if op in _ONNX_GLOBAL_POOL:
+        return "pool", "pool:global"
+    if op in _ONNX_REDUCE:
+        return "pool", "pool:reduce"
+    if op in _ONNX_WINDOW_POOL:
+        return "pool", "pool:window"
+    if op in _ONNX_DATA:
+        return "data", f"copy:{_ONNX_DATA[op]}"
+    return "unknown", f"unknown:{op}"
+
+
+def _is_const_like(node, producer: dict) -> bool:
+    """One input of ``node`` is an initializer (no producer) or a Constant / DequantizeLinear of one."""
+    for x in node.input[1:2] + node.input[0:1]:
+        p = producer.get(x)
+        if p is None or p.op_type == "Constant" or (p.op_type == "DequantizeLinear" and p.input[0] not in producer):
+            return True
+    return False
+
+
+def _conv_kernel(kind: str, k: tuple[int, ...], stride: int, groups: int = 1) -> str:
+    """Kernel name of a convolution: runtimes pick different code per kernel size, stride and grouping."""
+    if kind == "pointwise":
+        return "pointwise" if stride == 1 else "pointwise_s2"
+    size = "x".join(str(d) for d in k)
+    prefix = "gconv" if kind == "conv" and groups > 1 else kind
+    return f"{prefix}{size}s{min(stride, 2)}"
 
 
 # -------------------------------------------------------------------------------------------------- TFLite
 
-_TFL_POOL = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "SUM", "REDUCE_MAX", "L2_POOL_2D"}
-_TFL_DATA = {"TRANSPOSE", "CONCATENATION", "SPLIT", "SPLIT_V", "SLICE", "STRIDED_SLICE", "PAD", "PADV2", "GATHER",
-             "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "TILE",
-             "BROADCAST_TO", "PACK", "UNPACK", "MIRROR_PAD"}
+_TFL_ACT = {"RELU": "relu", "RELU6": "relu", "RELU_N1_TO_1": "relu", "RELU_0_TO_1": "relu", "LEAKY_RELU": "relu",
+            "PRELU": "relu", "LOGISTIC": "sigmoid", "HARD_SWISH": "hardswish", "TANH": "tanh", "GELU": "gelu",
+            "SOFTMAX": "softmax", "EXP": "other", "SQRT": "other", "RSQRT": "other", "POW": "other", "LOG": "other",
+            "ABS": "other", "NEG": "other", "CAST": "other", "ELU": "other", "QUANTIZE": "requant",
+            "DEQUANTIZE": "requant"}
+_TFL_BINARY = {"ADD": "add", "SUB": "add", "MUL": "mul", "DIV": "mul", "MAXIMUM": "add", "MINIMUM": "add",
+               "SQUARED_DIFFERENCE": "mul", "ADD_N": "add", "SELECT": "add", "SELECT_V2": "add", "EQUAL": "add",
+               "LESS": "add", "GREATER": "add"}
+_TFL_GLOBAL_POOL = {"MEAN", "SUM", "REDUCE_MAX", "REDUCE_MIN", "REDUCE_PROD"}
+_TFL_WINDOW_POOL = {"AVERAGE_POOL_2D", "MAX_POOL_2D", "L2_POOL_2D"}
+_TFL_DATA = {"TRANSPOSE": "transpose", "CONCATENATION": "concat", "SPLIT": "split", "SPLIT_V": "split",
+             "SLICE": "slice", "STRIDED_SLICE": "slice", "PAD": "pad", "PADV2": "pad", "MIRROR_PAD": "pad",
+             "GATHER": "slice", "RESIZE_BILINEAR": "resize", "RESIZE_NEAREST_NEIGHBOR": "resize",
+             "DEPTH_TO_SPACE": "transpose", "SPACE_TO_DEPTH": "transpose", "TILE": "concat", "BROADCAST_TO": "concat",
+             "PACK": "concat", "UNPACK": "split"}
 _TFL_FREE = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS", "SHAPE"}
 _TFL_SIZE = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 16: 2, 18: 2}
 
@@ -245,59 +343,71 @@ def _tflite_cost(path: Path) -> GraphCost:
     tensors = sub.tensors
     const = {i for i, t in enumerate(tensors) if t.buffer and _has_data(model.buffers[t.buffer])}
     dequant_of_const = {}
-    for op in sub.operators:  # fp16 weights go through DEQUANTIZE to fp32: that output is still a weight
+    for op in sub.operators:  # fp16 / int8 weights go through DEQUANTIZE to fp32: that output is still a weight
         if codes[op.opcodeIndex] == "DEQUANTIZE" and op.inputs[0] in const:
             dequant_of_const[op.outputs[0]] = op.inputs[0]
     const |= set(dequant_of_const)
 
     def shape(i: int) -> tuple[int, ...]:
         s = tensors[i].shape
-        return tuple(int(d) for d in s) if s is not None else ()
+        return tuple(max(int(d), 1) for d in s) if s is not None else ()  # a dynamic batch (-1) is taken as 1
 
     def nbytes(i: int) -> int:
         return math.prod(shape(i)) * _TFL_SIZE.get(tensors[i].type, 4)
 
     quantized = any(tensors[i].type in (9, 3) for op in sub.operators for i in op.inputs if i >= 0 and i not in const
                     and codes[op.opcodeIndex] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"))
-    layers = []
+    layers, uncosted = [], []
     for n, op in enumerate(sub.operators):
         code = codes[op.opcodeIndex]
         ins = [i for i in op.inputs if i >= 0]
         outs = [i for i in op.outputs if i >= 0]
+        name = tensors[outs[0]].name.decode() if outs and tensors[outs[0]].name else f"{code}_{n}"
+        if code in _TFL_FREE or (outs and outs[0] in dequant_of_const):
+            layers.append(LayerCost(name, code, "free", kernel="free"))
+            continue
         acts = [i for i in ins if i not in const]
         wts = [i for i in ins if i in const]
         out_shape = shape(outs[0]) if outs else ()
         act_bytes = sum(nbytes(i) for i in acts + outs)
         w_bytes = sum(nbytes(dequant_of_const.get(i, i)) for i in wts)
         macs, elements = 0, math.prod(out_shape) if out_shape else 0
+        opts = op.builtinOptions
+        stride = max(getattr(opts, "strideH", 1) or 1, getattr(opts, "strideW", 1) or 1)
         if code == "CONV_2D":  # weights [O, kh, kw, I/groups]
             w = shape(ins[1])
             cin = shape(ins[0])[-1]
             groups = cin // w[3] if w[3] else 1
             kind = classify_conv(groups, cin, w[0], w[1:3])
+            kernel = _conv_kernel(kind, w[1:3], stride, groups)
             macs = math.prod(out_shape) * math.prod(w[1:])
         elif code == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, C*multiplier]
             w = shape(ins[1])
             kind, macs = "depthwise", math.prod(out_shape) * w[1] * w[2]
+            kernel = _conv_kernel(kind, w[1:3], stride)
         elif code in ("FULLY_CONNECTED", "BATCH_MATMUL"):
-            kind = "fc"
+            kind, kernel = "fc", "fc"
             macs = math.prod(out_shape) * shape(ins[0])[-1]
-        elif code == "DEQUANTIZE" and outs and outs[0] in dequant_of_const:
-            kind = "free"
-        elif code in _TFL_POOL:
-            kind, elements = "pool", sum(math.prod(shape(i)) for i in acts)
-        elif code in _TFL_FREE:
-            kind = "free"
+        elif code in ("QUANTIZE", "DEQUANTIZE"):
+            kind, kernel = "requant", "requant"
+        elif code in _TFL_ACT:
+            kind, kernel = "activation", f"act:{_TFL_ACT[code]}"
+        elif code in _TFL_BINARY:
+            kind, kernel = "elementwise", _TFL_BINARY[code]
+        elif code in _TFL_GLOBAL_POOL:
+            kind, kernel, elements = "pool", "pool:global", sum(math.prod(shape(i)) for i in acts)
+        elif code in _TFL_WINDOW_POOL:
+            kind, kernel, elements = "pool", "pool:window", sum(math.prod(shape(i)) for i in acts)
         elif code in _TFL_DATA:
-            kind = "data"
+            kind, kernel = "data", f"copy:{_TFL_DATA[code]}"
         else:
-            kind = "elementwise"
-        if kind == "free":
-            macs = elements = w_bytes = act_bytes = 0
-        name = tensors[outs[0]].name.decode() if outs and tensors[outs[0]].name else f"{code}_{n}"
-        layers.append(LayerCost(name, code, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape))
+            kind, kernel = "unknown", f"unknown:{code}"
+            uncosted.append(f"{name} ({code})")
+        layers.append(LayerCost(name, code, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
+                                kernel))
     inp = sub.inputs[0] if sub.inputs is not None and len(sub.inputs) else -1
-    return GraphCost(str(path), "tflite", "int8" if quantized else "fp32", shape(inp) if inp >= 0 else (), layers)
+    return GraphCost(str(path), "tflite", "int8" if quantized else "fp32", shape(inp) if inp >= 0 else (), layers,
+                     uncosted)
 
 
 def _has_data(buffer) -> bool:

@@ -180,6 +180,49 @@ def leave_one_out(precision: str) -> list[dict]:
     return out
 
 
+FLAG_ERROR = 0.25
+"""Expected |error| above which an output flags a predicted number as unreliable."""
+
+
+def family(model: str) -> str:
+    """Architecture family of a reference model name: ``mobilenet_v3_large_1.0_224`` -> ``mobilenet_v3``."""
+    parts = model.split("_")
+    return "_".join(parts[:2]) if parts[0] == "mobilenet" else parts[0].rstrip("0123456789")
+
+
+@cache
+def leave_one_family_out(precision: str) -> list[dict]:
+    """Every calibration point predicted by a fit that saw no network of its *family*: the error a user gets on
+    an architecture the published points do not cover (leave-one-out inside a family promises more)."""
+    points = _points(all_profiles(), precision)
+    out = []
+    for fam in sorted({family(c.model) for _, c in points}):
+        rest = [(p, c) for p, c in points if family(c.model) != fam]
+        if not rest:
+            continue
+        f = fit(rest, precision)
+        for profile, c in points:
+            if family(c.model) == fam:
+                pred = _total_ms(f, c.model, profile, c.threads)
+                out.append({"device": profile.name, "model": c.model, "family": fam, "threads": c.threads,
+                            "measured_ms": c.ms, "predicted_ms": round(pred, 2), "error": round(pred / c.ms - 1, 3),
+                            "source": c.source})
+    return out
+
+
+def lofo_summary(device: str, precision: str) -> dict:
+    """Mean / max |error| of the leave-one-family-out predictions on ``device``'s points (else on all points),
+    and whether it exceeds ``FLAG_ERROR``."""
+    rows = leave_one_family_out(precision)
+    own = [r for r in rows if r["device"] == device]
+    use = own or rows
+    errs = [abs(r["error"]) for r in use]
+    mean = round(sum(errs) / len(errs), 3) if errs else None
+    return {"scope": f"{device}'s own points" if own else "all profiles' points (this device has none)",
+            "points": len(use), "mean_abs_error": mean, "max_abs_error": round(max(errs), 3) if errs else None,
+            "unreliable": mean is None or mean > FLAG_ERROR, "rows": use}
+
+
 def loo_summary(device: str, precision: str) -> dict:
     """Mean and max |error| of the leave-one-out predictions on ``device``'s own points, else of all points."""
     rows = leave_one_out(precision)
@@ -217,5 +260,13 @@ def predict(cost: GraphCost, profile: Profile, threads: int = 1, precision: str 
                      "extrapolated; for small inputs the fitted per-op overhead dominates and may overstate latency")
     if cost.input_shape and cost.input_shape[0] != 1:
         notes.append(f"input batch {cost.input_shape[0]}: published calibration points are batch 1")
+    lofo = lofo_summary(profile.name, precision)
+    if lofo["unreliable"]:
+        notes.append(f"UNRELIABLE: expected error on an architecture family the fit never saw is "
+                     f"{lofo['mean_abs_error']:.0%} (> {FLAG_ERROR:.0%}); calibrate the device (edgerep calibrate)")
+    if cost.partial:
+        notes.append("PARTIAL: ops of unknown cost are left out: " + ", ".join(cost.uncosted[:5]))
+    loo = {**loo_summary(profile.name, precision), "leave_one_family_out": {k: v for k, v in lofo.items()
+                                                                             if k != "rows"}}
     return Prediction(profile.name, threads, precision, float(per_layer.sum()), list(zip(costed, per_layer.tolist())),
-                      loo_summary(profile.name, precision), f, basis, notes=notes)
+                      loo, f, basis, notes=notes)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..errors import BadInputError
 from ..resources import data_folder
+from .cpu import describe_cpu
 from .reference_models import reference_names
 
 HOST = "host"
@@ -105,13 +106,29 @@ def profile_names() -> list[str]:
 def get_profile(name: str) -> Profile:
     """The profile ``name`` (``host``: this machine, described now); an unknown name lists the known ones."""
     if name == HOST:
-        from .cpu import host_profile
-
         return host_profile()
     names = profile_names()
     if name not in names:
         raise BadInputError(f"unknown device {name!r}; use one of: {', '.join(names)}")
     return _load(name)
+
+
+def host_profile() -> Profile:
+    """This machine as a profile (for ``edgerep devices``); per-cycle throughputs are estimates from the ISA."""
+    cpu = describe_cpu()
+    flags = set(cpu["vector_flags"])
+    # fp32 MACs/cycle/core: two FMA pipes of the widest vector unit (AVX-512: 16 lanes, AVX2: 8, NEON/SSE: 4)
+    lanes = 16 if "avx512f" in flags else 8 if {"avx2", "fma"} <= flags else 4
+    int8 = lanes * (4 if flags & {"avx512_vnni", "avx_vnni", "asimddp"} else 2)
+    ghz = (cpu["mhz"] or 0) / 1000 or 1.0
+    caches = cpu["caches"]
+    return Profile(
+        name=HOST, description=f"this machine: {cpu['model']} ({cpu['arch']})", soc=cpu["model"],
+        clusters=(Cluster(cpu["model"], len(cpu["usable_cpus"] or [0]), ghz, 2.0 * lanes, 2.0 * int8,
+                          "/proc/cpuinfo (per-cycle throughput estimated from the vector flags)", estimate=True),),
+        bandwidth_gbs=0.0, caches_kb={k: caches.get(k, 0.0) for k in ("l1d_kb", "l2_kb", "l3_kb")},
+        memory_source="not measured: on the host edgerep measures latency instead of predicting it",
+    )
 
 
 def all_profiles() -> list[Profile]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from .graph_cost import GraphCost, LayerCost, classify_conv
+from .graph_cost import GraphCost, LayerCost, _conv_kernel, classify_conv
 
 PUBLISHED_MACS = {
     # name: (MACs, source) - the figure each builder is checked against
@@ -38,23 +38,25 @@ class _Net:
         self.layers: list[LayerCost] = []
         self.input_shape = (1, res, res, 3)
 
-    def _add(self, op: str, kind: str, macs: int, elements: int, w: int, a_in: int) -> None:
+    def _add(self, op: str, kind: str, macs: int, elements: int, w: int, a_in: int, kernel: str) -> None:
         out = self.h * self.w * self.c
         name = f"{op.lower()}_{len(self.layers)}"
         self.layers.append(LayerCost(name, op, kind, macs, elements, w * self.elem, (a_in + out) * self.elem,
-                                     (1, self.h, self.w, self.c)))
+                                     (1, self.h, self.w, self.c), kernel))
 
     def conv(self, cout: int, k: int = 1, s: int = 1, act: str = "relu") -> _Net:
         a_in, cin = self.h * self.w * self.c, self.c
         self.h, self.w, self.c = math.ceil(self.h / s), math.ceil(self.w / s), cout
         macs = self.h * self.w * cout * k * k * cin
-        self._add("CONV_2D", classify_conv(1, cin, cout, (k, k)), macs, 0, k * k * cin * cout, a_in)
+        kind = classify_conv(1, cin, cout, (k, k))
+        self._add("CONV_2D", kind, macs, 0, k * k * cin * cout, a_in, _conv_kernel(kind, (k, k), s))
         return self._act(act)
 
     def dw(self, k: int = 3, s: int = 1, act: str = "relu") -> _Net:
         a_in = self.h * self.w * self.c
         self.h, self.w = math.ceil(self.h / s), math.ceil(self.w / s)
-        self._add("DEPTHWISE_CONV_2D", "depthwise", self.h * self.w * self.c * k * k, 0, k * k * self.c, a_in)
+        self._add("DEPTHWISE_CONV_2D", "depthwise", self.h * self.w * self.c * k * k, 0, k * k * self.c, a_in,
+                  _conv_kernel("depthwise", (k, k), s))
         return self._act(act)
 
     def _act(self, act: str) -> _Net:
@@ -64,7 +66,8 @@ class _Net:
 
     def elementwise(self, op: str, inputs: int = 1) -> _Net:
         n = self.h * self.w * self.c
-        self._add(op, "elementwise", 0, n, 0, n * inputs)
+        kernel = {"ADD": "add", "MUL": "mul", "HARD_SWISH": "act:hardswish", "HARD_SIGMOID": "act:hardsigmoid"}[op]
+        self._add(op, "elementwise" if inputs > 1 or op == "MUL" else "activation", 0, n, 0, n * inputs, kernel)
         return self
 
     def se(self, squeeze: int) -> _Net:
@@ -78,13 +81,13 @@ class _Net:
     def pool(self) -> _Net:
         a_in = self.h * self.w * self.c
         self.h = self.w = 1
-        self._add("MEAN", "pool", 0, a_in, 0, a_in)
+        self._add("MEAN", "pool", 0, a_in, 0, a_in, "pool:global")
         return self
 
     def fc(self, cout: int) -> _Net:
         cin = self.c
         self.c = cout
-        self._add("FULLY_CONNECTED", "fc", cin * cout, 0, cin * cout, cin)
+        self._add("FULLY_CONNECTED", "fc", cin * cout, 0, cin * cout, cin, "fc")
         return self
 
     def inverted_residual(self, cout: int, expand: int, k: int, s: int, act: str = "relu",

@@ -1,0 +1,243 @@
+"""edgerep's kernel suite: single-kernel and small-block ONNX models over sampled shapes, to time on a device.
+
+Each spec is one kernel the cost model tells apart (``graph_cost`` kernel names: ``conv3x3s2``,
+``depthwise5x5s1``, ``pointwise``, ``fc``, ``act:hardswish``, ``mul``, ``pool:global``, ``copy:concat``, ...) at
+one shape, plus two blocks where runtimes fuse or chain small ops (squeeze-excite; an inverted residual). The
+models are written op by op with ``onnx.helper`` (no torch, no download), in fp32; int8 files are the same graphs
+quantized to QDQ by onnxruntime's own quantizer, the way users make them. Shapes are sampled from a seeded
+generator, so a calibration is reproducible and resumable: spec ``i`` is the same model every time.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import require
+
+CHANNELS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 960)
+SIZES = (7, 10, 14, 20, 28, 40, 56, 80, 112)
+GROUP_WIDTH = 8
+"""Channels per group of the grouped-conv kernels (RegNet-style bottlenecks use 8-64)."""
+MAX_MACS = 1.5e8
+"""Larger kernels only slow the calibration down: time grows linearly with MACs well before this."""
+
+KERNELS = (
+    "conv3x3s1", "conv3x3s2", "gconv3x3s1", "gconv3x3s2", "pointwise", "depthwise3x3s1", "depthwise3x3s2",
+    "depthwise5x5s1",
+    "depthwise5x5s2", "fc", "act:relu", "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu",
+    "act:tanh", "add", "mul", "mul_broadcast", "pool:global", "pool:reduce", "pool:window", "copy:concat", "copy:pad",
+    "copy:transpose", "copy:split", "copy:slice", "copy:resize", "block:se", "block:mbconv",
+)
+
+CHAINED = {k: 3 for k in ("conv3x3s1", "gconv3x3s1", "pointwise", "depthwise3x3s1", "depthwise5x5s1", "act:relu",
+                          "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu", "act:tanh", "add", "mul",
+                          "mul_broadcast", "block:se")}
+"""Kernels whose output has their input's shape run three times in a row with distinct weights: closer to a
+network than one op on hot caches, and the per-run cost of the session is spread over more work."""
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One suite model: a kernel at one shape (batch 1, NCHW)."""
+
+    kernel: str
+    cin: int
+    cout: int
+    size: int
+    act: str = "none"
+
+    @property
+    def id(self) -> str:
+        return f"{self.kernel.replace(':', '-')}_c{self.cin}-{self.cout}_h{self.size}_{self.act}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sample_specs(n_per_kernel: int, seed: int = 0, kernels: tuple[str, ...] = KERNELS) -> list[KernelSpec]:
+    """``n_per_kernel`` shapes per kernel, round-robin over kernels so that a budget cut keeps every kernel."""
+    rng = random.Random(seed)
+    per: dict[str, list[KernelSpec]] = {}
+    for kernel in kernels:
+        specs: list[KernelSpec] = []
+        tries = 0
+        while len(specs) < n_per_kernel and tries < 200:
+            tries += 1
+            cin, cout, size = rng.choice(CHANNELS), rng.choice(CHANNELS), rng.choice(SIZES)
+            spec = KernelSpec(kernel, cin, cout if kernel in ("conv3x3s2", "pointwise", "fc") else cin,
+                              size, rng.choice(("none", "relu")) if kernel.startswith(("conv", "gconv", "point"))
+                              else "none")
+            if _macs(spec) <= MAX_MACS and spec not in specs:
+                specs.append(spec)
+        per[kernel] = specs
+    return [per[k][i] for i in range(n_per_kernel) for k in kernels if i < len(per[k])]
+
+
+def _macs(s: KernelSpec) -> float:
+    return _macs_one(s) * CHAINED.get(s.kernel, 1)
+
+
+def _macs_one(s: KernelSpec) -> float:
+    k = 3 if "3x3" in s.kernel else 5 if "5x5" in s.kernel else 1
+    stride = 2 if s.kernel.endswith("s2") else 1
+    hw = (s.size // stride) ** 2
+    if s.kernel.startswith("conv") or s.kernel == "pointwise":
+        return hw * s.cin * s.cout * k * k
+    if s.kernel.startswith("gconv"):
+        return hw * s.cin * GROUP_WIDTH * k * k
+    if s.kernel.startswith("depthwise"):
+        return hw * s.cin * k * k
+    if s.kernel == "fc":
+        return s.cin * s.cout
+    if s.kernel == "block:mbconv":
+        return s.size * s.size * s.cin * s.cin * 6 * 2
+    return s.size * s.size * s.cin
+
+
+def build_onnx(spec: KernelSpec, path: Path, int8: bool = False) -> Path:
+    """Write ``spec`` as an ONNX file at ``path`` (QDQ int8 if ``int8``); returns ``path``."""
+    onnx = require("onnx", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(zlib.crc32(spec.id.encode()))
+    c, n = spec.cin, spec.size
+    inits: list = []
+    nodes: list = []
+
+    def weight(name: str, shape: tuple[int, ...]) -> str:
+        inits.append(numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name))
+        return name
+
+    def conv(x: str, cin: int, cout: int, k: int, s: int, groups: int, act: str, tag: str) -> str:
+        w, b = weight(f"{tag}_w", (cout, cin // groups, k, k)), weight(f"{tag}_b", (cout,))
+        nodes.append(helper.make_node("Conv", [x, w, b], [f"{tag}_y"], kernel_shape=[k, k], strides=[s, s],
+                                      pads=[k // 2] * 4, group=groups, name=tag))
+        if act == "relu":
+            nodes.append(helper.make_node("Relu", [f"{tag}_y"], [f"{tag}_r"], name=f"{tag}_relu"))
+            return f"{tag}_r"
+        return f"{tag}_y"
+
+    in_shape = [1, c] if spec.kernel == "fc" else [1, c, n, n]
+    kern = spec.kernel
+    chain = CHAINED.get(kern, 1)
+    y = "x"
+    for i in range(chain):  # shape-preserving kernels run as a chain: distinct weights, tensors flowing on
+        y = _layer(spec, y, i, conv, weight, nodes, inits, helper, numpy_helper)
+    graph = helper.make_graph(nodes, spec.id, [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+                              [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if not int8:
+        onnx.save(model, str(path))
+        return path
+    fp32 = path.with_suffix(".fp32.onnx")
+    onnx.save(model, str(fp32))
+    _quantize(fp32, path, in_shape)
+    fp32.unlink()
+    return path
+
+
+def _layer(spec: KernelSpec, x: str, i: int, conv, weight, nodes: list, inits: list, helper, numpy_helper) -> str:
+    """One copy of the spec's kernel reading ``x``; returns its output name (suffix ``i`` keeps names unique)."""
+    kern, c = spec.kernel, spec.cin
+    t = f"_{i}"
+    if kern.startswith(("conv", "gconv")) or kern == "pointwise":
+        k, s = (3, 2 if kern.endswith("s2") else 1) if kern != "pointwise" else (1, 1)
+        cin, cout = (c, spec.cout) if i % 2 == 0 else (spec.cout, c)  # a pointwise chain alternates widths
+        groups = c // GROUP_WIDTH if kern.startswith("gconv") else 1
+        return conv(x, cin, cout, k, s, groups, spec.act, "conv" + t)
+    if kern.startswith("depthwise"):
+        k, s = (3 if "3x3" in kern else 5), (2 if kern.endswith("s2") else 1)
+        return conv(x, c, c, k, s, c, "none", "dw" + t)
+    y = "y" + t
+    if kern == "fc":
+        w, b = weight("fc_w" + t, (spec.cout, c)), weight("fc_b" + t, (spec.cout,))
+        nodes.append(helper.make_node("Gemm", [x, w, b], [y], transB=1, name="fc" + t))
+    elif kern.startswith("act:"):
+        op = {"relu": "Relu", "hardswish": "HardSwish", "sigmoid": "Sigmoid", "hardsigmoid": "HardSigmoid",
+              "gelu": "Erf", "tanh": "Tanh"}[kern[4:]]
+        nodes.append(helper.make_node(op, [x], [y], name=op.lower() + t))
+    elif kern in ("add", "mul"):
+        nodes.append(helper.make_node(kern.capitalize(), [x, "x"], [y], name=kern + t))
+    elif kern == "mul_broadcast":
+        nodes.append(helper.make_node("Mul", [x, weight("gate" + t, (1, c, 1, 1))], [y], name="gate_mul" + t))
+    elif kern == "pool:global":
+        nodes.append(helper.make_node("GlobalAveragePool", [x], [y], name="gap" + t))
+    elif kern == "pool:reduce":
+        nodes.append(helper.make_node("ReduceMean", [x], [y], axes=[2, 3], keepdims=1, name="reduce_mean" + t))
+    elif kern == "pool:window":
+        nodes.append(helper.make_node("MaxPool", [x], [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4,
+                                      name="maxpool" + t))
+    elif kern.startswith("copy:"):
+        y = _copy(kern[5:], c, spec.size, nodes, inits, helper, numpy_helper)
+    elif kern == "block:se":
+        nodes.append(helper.make_node("GlobalAveragePool", [x], ["p" + t], name="se_pool" + t))
+        r = conv("p" + t, c, max(8, c // 4), 1, 1, 1, "relu", "se_reduce" + t)
+        e = conv(r, max(8, c // 4), c, 1, 1, 1, "none", "se_expand" + t)
+        nodes.append(helper.make_node("HardSigmoid", [e], ["g" + t], alpha=1 / 6, name="se_gate" + t))
+        nodes.append(helper.make_node("Mul", [x, "g" + t], [y], name="se_mul" + t))
+    elif kern == "block:mbconv":
+        e = conv(x, c, 6 * c, 1, 1, 1, "relu", "expand" + t)
+        d = conv(e, 6 * c, 6 * c, 3, 1, 6 * c, "relu", "dw" + t)
+        p = conv(d, 6 * c, c, 1, 1, 1, "none", "project" + t)
+        nodes.append(helper.make_node("Add", [x, p], [y], name="residual" + t))
+    else:
+        raise ValueError(f"unknown suite kernel {kern!r}")
+    return y
+
+
+def _copy(kind: str, c: int, n: int, nodes: list, inits: list, helper, numpy_helper) -> str:
+    def const(name: str, values) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
+        return name
+
+    if kind == "concat":
+        nodes.append(helper.make_node("Concat", ["x", "x"], ["y0"], axis=1, name="concat"))
+    elif kind == "pad":
+        nodes.append(helper.make_node("Pad", ["x", const("pads", [0, 0, 1, 1, 0, 0, 1, 1])], ["y0"], name="pad"))
+    elif kind == "transpose":
+        nodes.append(helper.make_node("Transpose", ["x"], ["y0"], perm=[0, 2, 3, 1], name="transpose"))
+    elif kind == "split":
+        nodes.append(helper.make_node("Split", ["x", const("parts", [c // 2, c - c // 2])], ["y0", "y1"], axis=1,
+                                      name="split"))
+    elif kind == "slice":
+        nodes.append(helper.make_node("Slice", ["x", const("st", [0]), const("en", [c // 2]), const("ax", [1])],
+                                      ["y0"], name="slice"))
+    elif kind == "resize":
+        inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+        nodes.append(helper.make_node("Resize", ["x", "", "scales"], ["y0"], mode="nearest", name="resize"))
+    else:
+        raise ValueError(f"unknown copy kernel {kind!r}")
+    return "y0"
+
+
+def _quantize(src: Path, dst: Path, in_shape: list[int]) -> None:
+    """QDQ int8 with onnxruntime's static quantizer (uint8 activations, int8 per-tensor weights)."""
+    ortq = require("onnxruntime.quantization", "onnxruntime")
+
+    class Reader(ortq.CalibrationDataReader):
+        def __init__(self) -> None:
+            rng = np.random.default_rng(0)
+            self.data = iter([{"x": rng.standard_normal(in_shape).astype(np.float32)} for _ in range(2)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint per call on the root logger
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # and its sessions warn about initializers they drop
+    try:
+        ortq.quantize_static(str(src), str(dst), Reader(), quant_format=ortq.QuantFormat.QDQ,
+                             activation_type=ortq.QuantType.QUInt8, weight_type=ortq.QuantType.QInt8)
+    finally:
+        root.setLevel(level)

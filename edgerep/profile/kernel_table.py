@@ -1,0 +1,144 @@
+"""Per-kernel latency regressors fitted on a device's own measurements, and predictions from them.
+
+Model: a graph's latency is a fixed per-call cost plus, for each costed layer (``graph_cost``: fusions already
+applied, so a fused ReLU or BatchNorm costs nothing), ``a_k + b_k * work + c_k * bytes`` where ``k`` is the
+layer's kernel (``depthwise5x5s2``, ``act:hardswish``, ``copy:concat``, ``requant``...), ``work`` its MACs
+(elements for non-MAC ops) and ``bytes`` its activation + weight traffic. The suite models hold one to a few
+layers each, so all coefficients are fitted together, by non-negative least squares on relative error, per
+(precision, threads). A kernel the suite never timed is predicted with the kernel of its kind that has the most
+samples, and the prediction says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import BadInputError
+from .graph_cost import GraphCost, LayerCost
+
+FEATURES = ("const_us", "us_per_mwork", "us_per_mb")
+
+
+@dataclass(frozen=True)
+class KernelFit:
+    kernel: str
+    kind: str
+    const_us: float
+    us_per_mwork: float
+    us_per_mb: float
+    samples: int
+
+    def us(self, layer: LayerCost) -> float:
+        work = layer.macs or layer.elements
+        return self.const_us + self.us_per_mwork * work / 1e6 + self.us_per_mb * layer.bytes / 1e6
+
+
+@dataclass
+class KernelTable:
+    """The regressors of one (precision, threads) setting, with the fit's own error on the suite."""
+
+    precision: str
+    threads: int
+    call_us: float
+    kernels: dict[str, KernelFit]
+    models: int
+    median_abs_error: float
+
+    def fit_for(self, layer: LayerCost) -> tuple[KernelFit | None, bool]:
+        """The layer's regressor and whether it is a fallback (same kind, other kernel)."""
+        if layer.kernel in self.kernels:
+            return self.kernels[layer.kernel], False
+        same = [f for f in self.kernels.values() if f.kind == layer.kind]
+        return (max(same, key=lambda f: f.samples), True) if same else (None, True)
+
+
+@dataclass
+class TablePrediction:
+    ms: float
+    layers: list[tuple[LayerCost, float]]
+    notes: list[str] = field(default_factory=list)
+    partial: bool = False
+
+
+def _rows(cost: GraphCost, keys: dict[str, int]) -> np.ndarray:
+    x = np.zeros(1 + 3 * len(keys))
+    x[0] = 1.0
+    for layer in cost.costed:
+        j = keys[layer.kernel]
+        x[1 + 3 * j:4 + 3 * j] += (1.0, (layer.macs or layer.elements) / 1e6, layer.bytes / 1e6)
+    return x
+
+
+def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: int) -> KernelTable:
+    """Fit every kernel's (const, per-work, per-byte) microseconds on (suite model cost, measured ms) pairs."""
+    from .predict import _nnls
+
+    if len(samples) < 3:
+        raise BadInputError(f"only {len(samples)} {precision} suite timings at {threads} thread(s): too few to "
+                            "fit; give a larger --budget")
+    kinds: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for cost, _ in samples:
+        for layer in cost.costed:
+            kinds.setdefault(layer.kernel, layer.kind)
+            counts[layer.kernel] = counts.get(layer.kernel, 0) + 1
+    keys = {k: i for i, k in enumerate(sorted(kinds))}
+    a = np.array([_rows(cost, keys) for cost, _ in samples])
+    y = np.array([ms * 1e3 for _, ms in samples])  # microseconds
+    scale = np.abs(a).max(axis=0)
+    scale[scale == 0] = 1.0
+    w = _nnls((a / scale) / y[:, None], np.ones(len(y))) / scale
+    pred = a @ w
+    err = float(np.median(np.abs(pred / y - 1)))
+    fits = {k: KernelFit(k, kinds[k], *(float(v) for v in w[1 + 3 * i:4 + 3 * i]), counts[k])
+            for k, i in keys.items()}
+    return KernelTable(precision, threads, float(w[0]), fits, len(samples), round(err, 4))
+
+
+def predict_table(cost: GraphCost, table: KernelTable) -> TablePrediction:
+    """Latency of ``cost`` from the table: per-call cost plus each costed layer's regressor."""
+    per_layer, fallback, missing = [], set(), []
+    for layer in cost.costed:
+        fit, is_fallback = table.fit_for(layer)
+        if fit is None:
+            missing.append(f"{layer.name} ({layer.kernel})")
+            continue
+        if is_fallback:
+            fallback.add(f"{layer.kernel} -> {fit.kernel}")
+        per_layer.append((layer, fit.us(layer) / 1e3))
+    notes = []
+    if fallback:
+        notes.append("kernels the suite did not time, predicted with a kernel of the same kind: "
+                     + ", ".join(sorted(fallback)))
+    if missing or cost.partial:
+        notes.append("PARTIAL: no regressor for " + ", ".join((missing + cost.uncosted)[:5]))
+    ms = table.call_us / 1e3 + sum(t for _, t in per_layer)
+    return TablePrediction(ms, per_layer, notes, bool(missing) or cost.partial)
+
+
+def table_to_rows(table: KernelTable) -> list[dict]:
+    return [{"precision": table.precision, "threads": table.threads, "kernel": f.kernel, "kind": f.kind,
+             **{k: round(getattr(f, k), 6) for k in FEATURES}, "samples": f.samples}
+            for f in table.kernels.values()]
+
+
+def table_from_rows(fit: dict, rows: list[dict]) -> KernelTable:
+    """A KernelTable from the device file's ``[[fits]]`` row and its ``[[kernels]]`` rows (ValueError if bad)."""
+    precision, threads = str(fit["precision"]), int(fit["threads"])
+    kernels = {}
+    for r in rows:
+        if r["precision"] != precision or int(r["threads"]) != threads:
+            continue
+        values = [float(r[k]) for k in FEATURES]
+        if any(v < 0 or not math.isfinite(v) for v in values):
+            raise ValueError(f"kernel {r['kernel']}: coefficients must be finite and >= 0")
+        kernels[str(r["kernel"])] = KernelFit(str(r["kernel"]), str(r["kind"]), *values, int(r["samples"]))
+    if not kernels:
+        raise ValueError(f"no kernels for {precision} at {threads} thread(s)")
+    call = float(fit["call_us"])
+    if call < 0 or not math.isfinite(call):
+        raise ValueError("call_us must be finite and >= 0")
+    return KernelTable(precision, threads, call, kernels, int(fit["models"]), float(fit["median_abs_error"]))
