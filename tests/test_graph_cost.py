@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgerep.errors import BadInputError
-from edgerep.metrics import count_macs
+from edgerep.proof.metrics import count_macs
 from edgerep.profile.graph_cost import graph_cost
 from edgerep.profile.style_nets import build, efficientnet_lite_style, mobilenet_v3_style
 

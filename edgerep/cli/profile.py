@@ -174,7 +174,7 @@ def _predict_calibrated(args: argparse.Namespace) -> int:
     from ..profile.calibrate import load_device_file
     from ..profile.graph_cost import graph_cost
     from ..profile.kernel_table import predict_table
-    from ..report import human, table
+    from ..tables import human, table
 
     if not args.artifact:
         raise BadInputError("give an .onnx or .tflite file to profile (see `edgerep profile --help`)")

@@ -139,7 +139,7 @@ def time_many(paths: list[str | Path], threads: int, *, rounds: int = 5, per_rou
 
 def _batch_worker(job: dict) -> dict:
     """Each file timed alone (its own session / interpreter), interleaved over rounds across the batch."""
-    from ..metrics import interleaved_times
+    from ..proof.metrics import interleaved_times
 
     n = job["threads"][0]
     calls, keep = {}, []
