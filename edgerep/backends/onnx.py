@@ -10,8 +10,8 @@ Choices (measured, see shared/notes/dependencies.md):
 - int8 is static QDQ with symmetric per-channel int8 weights and calibrated int8 activations. The tool
   defaults (per-tensor weights) collapse fused re-param nets to one class, and dynamic quantization turns
   convs into ConvInteger that runs ~10x slower than fp32 on CPU; neither is ever emitted. Before export the
-  deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction, layers kept in float,
-  per the target options).
+  deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction, AdaRound, layers kept
+  in float by name or by ``int8_budget``, each kept only if held-out calibration images agree; target options).
 - ``reduce_range``: onnxruntime's x86 int8 kernels multiply u8 x s8 pairs with VPMADDUBSW, whose int16
   sums saturate on CPUs without VNNI (AVX2, most AVX-512); 7-bit weights cannot saturate. Measured here
   (AVX2 AMD EPYC): a random-weight repghostnet_100 had top-1 agreement 1.0 with the QDQ model run unfused
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
-from ..quant import calibration, prepare
+from ..quant import calibration, check_calibration, from_options
 from .base import ExportInfo, ExportRequest, conversion_error
 
 AUTO_IMAGES = 64  # calibration images on which reduce_range=auto compares 8-bit and 7-bit weights
@@ -62,12 +62,9 @@ class OnnxBackend:
         opts = request.options
         record: dict = {}
         if request.precision == "int8":
-            _check_calibration(request)
-            model, record = prepare(
-                model, request.calibration, equalize=bool(opts.get("equalize", True)),
-                bias_correction=bool(opts.get("bias_correction", True)), keep_fp=opts.get("keep_fp"),
-                weight_bits=7 if opts.get("reduce_range", "auto") is True else 8,
-            )
+            check_calibration(request.calibration, request.input_shape, "onnx")
+            model, record = from_options(model, request.calibration, opts,
+                                         weight_bits=7 if opts.get("reduce_range", "auto") is True else 8)
         with tempfile.TemporaryDirectory(prefix="edgerep-onnx-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             opset, exporter = int(opts.get("opset", 18)), opts.get("exporter", "dynamo")
@@ -146,11 +143,6 @@ def _torch_export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: i
         logger.setLevel(level)
     if not path.exists():  # defensive: an exporter that "succeeds" without a file must not pass silently
         raise RuntimeError(f"torch.onnx.export wrote no file at {path}")
-
-
-def _check_calibration(request: ExportRequest) -> None:
-    if request.calibration is None or len(request.calibration) == 0:
-        raise BadInputError("int8 needs calibration images; pass a folder of real images with --calib DIR")
 
 
 def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, record: dict, model: nn.Module) -> dict:

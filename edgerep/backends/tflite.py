@@ -8,8 +8,8 @@ Choices (measured, see shared/notes/dependencies.md):
   int8 activations calibrated on real images) and ``convert_pt2e(fold_quantize=False)``; the tool defaults
   (XNNPACK's PT2E config, folded quantize ops) either fail to convert or hurt fused re-param weights.
   Its input and output are int8: ``run`` quantizes/dequantizes with the tensors' own scale and zero point.
-  Before export the deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction
-  per the target options; on by default, measured in targets/tflite.toml); ``calibrate_method`` picks the
+  Before export the deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction,
+  AdaRound per the target options, each kept only if held-out calibration images agree); ``calibrate_method`` picks the
   activation observer.
 - The artifact has a fixed batch of 1 (litert-torch exports carry a batch-1 guard), so calibration and
   ``run`` go one image at a time.
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
-from ..quant import calibration, prepare
+from ..quant import calibration, check_calibration, from_options
 from .base import ExportInfo, ExportRequest, conversion_error
 
 NCHW_INPUT = "image"
@@ -85,11 +85,8 @@ class TFLiteBackend:
         record: dict = {}
         model = model.eval()
         if request.precision == "int8":
-            _check_calibration(request)
-            model, record = prepare(
-                model, request.calibration.float(), equalize=bool(opts.get("equalize", True)),
-                bias_correction=bool(opts.get("bias_correction", True)),
-            )
+            check_calibration(request.calibration, request.input_shape, "tflite")
+            model, record = from_options(model, request.calibration.float(), opts)
         nhwc = request.layout == "nhwc"
         wrapped = (_ChannelsLast(model) if nhwc else _NamedInput(model)).eval()
         n, c, h, w = request.input_shape
@@ -150,16 +147,6 @@ class TFLiteBackend:
 
 
 BACKEND = TFLiteBackend()
-
-
-def _check_calibration(request: ExportRequest) -> None:
-    calib = request.calibration
-    if calib is None or len(calib) == 0:
-        raise BadInputError("tflite int8 needs calibration images: pass --calib DIR (a folder of real photos)")
-    if tuple(calib.shape[1:]) != tuple(request.input_shape[1:]):
-        raise BadInputError(
-            f"calibration images have shape {tuple(calib.shape[1:])}, the model input is {request.input_shape[1:]}"
-        )
 
 
 def _convert(module: nn.Module, name: str, sample: Tensor, **kwargs):
