@@ -172,6 +172,8 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
                 nodes_to_exclude=keep,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
+        if opts.get("float_output", True):
+            onnx.save(float_output(onnx.load(str(dest))), str(dest))
 
     reduce_range = choice is True
     build(reduce_range, out)
@@ -196,6 +198,27 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
         "transforms": record,
         "float_nodes": keep,
     }
+
+
+def float_output(proto):
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output: float logits, same names.
+
+    Rounding logits to int8 costs accuracy and saves nothing (see the tflite backend's ``_float_output``).
+    """
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for out in graph.output:
+        dq = producer.get(out.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        source = producer.get(q.input[0])
+        if source is None or sum(q.input[0] in n.input for n in graph.node) > 1:
+            continue  # the float tensor feeds something else too (or is a graph input): leave the pair
+        source.output[list(source.output).index(q.input[0])] = out.name
+        graph.node.remove(q)
+        graph.node.remove(dq)
+    return proto
 
 
 def _mean_cosine(ref: np.ndarray, out: np.ndarray) -> float:
