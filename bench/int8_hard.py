@@ -36,7 +36,9 @@ from edgerep.reparam import reparameterize  # noqa: E402
 from edgerep.zoo import create_model  # noqa: E402
 
 VARIANTS = {"default": {}, "budget1": {"int8_budget": 1}, "budget2": {"int8_budget": 2},
-            "adaround": {"adaround": True, "adaround_iterations": 50}}
+            "adaround": {"adaround": True, "adaround_iterations": 50},
+            "percentile": {"calibrate_method": "percentile"},
+            "percentile_budget2": {"calibrate_method": "percentile", "int8_budget": 2}}
 
 
 def hard_model(name: str, photos: torch.Tensor) -> torch.nn.Module:

@@ -12,6 +12,9 @@ Choices (measured, see shared/notes/dependencies.md):
   convs into ConvInteger that runs ~10x slower than fp32 on CPU; neither is ever emitted. Before export the
   deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction, AdaRound, layers kept
   in float by name or by ``int8_budget``, each kept only if held-out calibration images agree; target options).
+- Activations are u8 (asymmetric; the same 256 levels as s8): the pairing onnxruntime's x86 kernels are written
+  for. s8 activations made RepGhostNet-1.0x int8 0.54x the speed of fp32 and u8 0.95x; MobileNetV2 1.36x vs 2.42x;
+  RepVGG-A0 / MobileOne-S0 equal (``bench/int8_speed.py``, bench/results/int8_speed.json).
 - ``reduce_range``: onnxruntime's x86 int8 kernels multiply u8 x s8 pairs with VPMADDUBSW, whose int16
   sums saturate on CPUs without VNNI (AVX2, most AVX-512); 7-bit weights cannot saturate. Measured here
   (AVX2 AMD EPYC): a random-weight repghostnet_100 had top-1 agreement 1.0 with the QDQ model run unfused
@@ -146,7 +149,7 @@ def _torch_export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: i
 
 
 def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, record: dict, model: nn.Module) -> dict:
-    """Static QDQ int8: symmetric per-channel s8 weights, s8 activations with calibrated ranges."""
+    """Static QDQ int8: symmetric per-channel s8 weights, u8 (option activation_type) activations, calibrated ranges."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -166,7 +169,7 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=reduce_range,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if opts.get("activation_type", "u8") == "u8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibration.onnx_method(method),
                 nodes_to_exclude=keep,
@@ -192,7 +195,7 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
         "scheme": "qdq-per-channel",
         "format": "QDQ",
         "weights": f"int8, symmetric, per output channel{', 7-bit range (reduce_range)' if reduce_range else ''}",
-        "activations": "int8, asymmetric, per tensor",
+        "activations": f"{opts.get('activation_type', 'u8')}, asymmetric, per tensor",
         "calibrate_method": method,
         "calibration_images": int(len(request.calibration)),
         "transforms": record,

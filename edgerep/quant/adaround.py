@@ -86,6 +86,7 @@ def _fit(layer: nn.Module, x_fp: Tensor, x_q: Tensor, *, bits: int, iterations: 
     v = (-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1)).requires_grad_(True)  # h(v) == rest at the start
     opt = torch.optim.Adam([v], lr=1e-2)
     warm = int(iterations * WARMUP)
+    scale_reg = None  # the regulariser is weighed against the reconstruction error rounding to nearest leaves
     for step in range(iterations):
         xf, xq = _crops(x_fp, x_q, crop, batch, gen)
         with torch.no_grad():
@@ -94,9 +95,13 @@ def _fit(layer: nn.Module, x_fp: Tensor, x_q: Tensor, *, bits: int, iterations: 
         out = _forward(layer, xq, soft)
         rec = (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
         loss = rec
+        if scale_reg is None:  # soft weights start equal to the float ones (rec 0): weigh by nearest rounding's error
+            with torch.no_grad():
+                near = _forward(layer, xq, (ratio.round().clamp(-qmax, qmax)) * scale)
+                scale_reg = ((near - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)).clamp_min(1e-12)
         if step >= warm:
             beta = 2 + 18 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, iterations - warm)))  # 20 -> 2
-            loss = rec + lam * (1 - (2 * _h(v) - 1).abs().pow(beta)).mean()
+            loss = rec + lam * scale_reg * (1 - (2 * _h(v) - 1).abs().pow(beta)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -111,7 +116,7 @@ def _fit(layer: nn.Module, x_fp: Tensor, x_q: Tensor, *, bits: int, iterations: 
 
 def adaround(
     model: nn.Module, images: Tensor, *, skip: tuple[str, ...] = (), bits: int = 8, iterations: int = 200,
-    max_images: int = 64, batch: int = 16, crop: int = 24, lam: float = 0.01, method: str = "minmax", seed: int = 0,
+    max_images: int = 64, batch: int = 16, crop: int = 24, lam: float = 10.0, method: str = "minmax", seed: int = 0,
 ) -> tuple[nn.Module, int]:
     """A copy of ``model`` whose conv / linear weights (except ``skip``) sit on AdaRound's int8 grid; (model, layers).
 
