@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import BadInputError, EdgerepError, require
+from ..quant import check_calibration, from_options
 from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 from .mil_eval import MilEvaluator, load_program, op_types, program_of
 
@@ -64,8 +65,8 @@ class CoreMLBackend:
     def export(self, model: nn.Module, request: ExportRequest, path: Path) -> ExportInfo:
         """Convert ``model`` to an ML Program in the requested precision and save it at ``path``."""
         precision = request.precision
-        if precision == "int8" and (request.calibration is None or len(request.calibration) == 0):
-            raise BadInputError("coreml int8 needs calibration images; pass a folder of real images with --calib DIR")
+        if precision == "int8":
+            check_calibration(request.calibration, request.input_shape, "coreml")
         opts = request.options
         notes: list[str] = []
         target = str(opts.get("minimum_deployment_target", "iOS16"))
@@ -81,6 +82,9 @@ class CoreMLBackend:
                                 " compute_precision=fp32 (or use --precision w8 for int8 weights with fp32 compute)")
 
         source = str(opts.get("source", "trace"))
+        transforms: dict | None = None
+        if precision == "int8":  # the same prepared model as every target's int8 (edgerep.quant.prepare)
+            model, transforms = from_options(model.eval(), request.calibration, opts)
         try:
             mlmodel = _convert(model, request.input_shape, source, target, compute)
         except EdgerepError:
@@ -95,7 +99,7 @@ class CoreMLBackend:
         quant: dict = {"minimum_deployment_target": target, "compute_precision": compute}
         if precision == "int8":
             mlmodel, info = _quantize_activations(mlmodel, request.calibration)
-            quant.update(info)
+            quant.update(info, transforms=transforms)
         if precision in ("w8", "int8"):
             mlmodel, info = _quantize_weights(mlmodel)
             quant.update(info)

@@ -5,7 +5,9 @@ Choices (measured, see shared/notes/dependencies.md):
   on Android and iOS. Ops it does not take stay on ExecuTorch's portable kernels; the manifest notes name
   them, since they run slower on a phone.
 - int8 is static PT2E with ExecuTorch's own ``XNNPACKQuantizer`` (symmetric per-channel int8 weights, int8
-  activations calibrated on real images), the config XNNPACK has int8 kernels for.
+  activations calibrated on real images), the config XNNPACK has int8 kernels for. Before it the deploy model
+  goes through ``edgerep.quant.prepare`` like every target (equalization, bias correction, AdaRound, layers
+  kept float by ``int8_budget``; each kept only if held-out calibration images agree).
 - The artifact has the request's fixed batch; ``run`` feeds inputs batch by batch with the Python runtime
   (``executorch.runtime``), the same C++ runtime and XNNPACK kernels a phone runs.
 - ExecuTorch's thread pool is left as it is: resetting it after a program was loaded segfaulted here.
@@ -26,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
+from ..quant import check_calibration, from_options
 from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 
 INPUT_NAME = "input"  # a .pte has positional inputs; the name is what the manifest calls input 0
@@ -101,23 +104,22 @@ def _quantize(model: nn.Module, example: Tensor, request: ExportRequest) -> tupl
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    calib = request.calibration
-    if calib is None or len(calib) == 0:
-        raise BadInputError("executorch int8 needs calibration images; pass a folder of real images with --calib DIR")
-    if tuple(calib.shape[1:]) != tuple(example.shape[1:]):
-        raise BadInputError(f"calibration images have shape {tuple(calib.shape[1:])},"
-                            f" the model input is {tuple(example.shape[1:])}")
+    calib = check_calibration(request.calibration, request.input_shape, "executorch")
+    model, record = from_options(model, calib, request.options)
     batch = example.shape[0]
     if len(calib) < batch:
         raise BadInputError(f"int8 calibration needs at least {batch} images (the model's batch); got {len(calib)}")
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    for layer in record["keep_fp"]:  # int8_budget / keep_fp layers stay float (XNNPACK runs them in fp32)
+        quantizer.set_module_name(layer, None)
     graph = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
     graph = move_exported_model_to_eval(graph)
     with torch.no_grad():
         for i in range(0, len(calib) - len(calib) % batch, batch):
             graph(calib[i : i + batch].float())
     info = {"scheme": "pt2e-xnnpack-per-channel", "weights": "int8, symmetric, per output channel",
-            "activations": "int8, asymmetric, per tensor", "calibration_images": int(len(calib))}
+            "activations": "int8, asymmetric, per tensor", "calibration_images": int(len(calib)),
+            "transforms": record, "float_layers": record["keep_fp"]}
     return convert_pt2e(graph), info
 
 

@@ -10,8 +10,11 @@ Choices (measured, see shared/notes/dependencies.md):
 - int8 is static QDQ with symmetric per-channel int8 weights and calibrated int8 activations. The tool
   defaults (per-tensor weights) collapse fused re-param nets to one class, and dynamic quantization turns
   convs into ConvInteger that runs ~10x slower than fp32 on CPU; neither is ever emitted. Before export the
-  deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction, layers kept in float,
-  per the target options).
+  deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction, AdaRound, layers kept
+  in float by name or by ``int8_budget``, each kept only if held-out calibration images agree; target options).
+- Activations are u8 (asymmetric; the same 256 levels as s8): the pairing onnxruntime's x86 kernels are written
+  for. s8 activations made RepGhostNet-1.0x int8 0.54x the speed of fp32 and u8 0.95x; MobileNetV2 1.36x vs 2.42x;
+  RepVGG-A0 / MobileOne-S0 equal (``bench/int8_speed.py``, bench/results/int8_speed.json).
 - ``reduce_range``: onnxruntime's x86 int8 kernels multiply u8 x s8 pairs with VPMADDUBSW, whose int16
   sums saturate on CPUs without VNNI (AVX2, most AVX-512); 7-bit weights cannot saturate. Measured here
   (AVX2 AMD EPYC): a random-weight repghostnet_100 had top-1 agreement 1.0 with the QDQ model run unfused
@@ -36,7 +39,7 @@ from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
 from ..proof.numerics import closeness
-from ..quant import calibration, prepare
+from ..quant import calibration, check_calibration, from_options
 from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 
 AUTO_IMAGES = 64  # calibration images on which reduce_range=auto compares 8-bit and 7-bit weights
@@ -65,12 +68,9 @@ class OnnxBackend:
         opts = request.options
         record: dict = {}
         if request.precision == "int8":
-            _check_calibration(request)
-            model, record = prepare(
-                model, request.calibration, equalize=bool(opts.get("equalize", True)),
-                bias_correction=bool(opts.get("bias_correction", True)), keep_fp=opts.get("keep_fp"),
-                weight_bits=7 if opts.get("reduce_range", "auto") is True else 8,
-            )
+            check_calibration(request.calibration, request.input_shape, "onnx")
+            model, record = from_options(model, request.calibration, opts,
+                                         weight_bits=7 if opts.get("reduce_range", "auto") is True else 8)
         with tempfile.TemporaryDirectory(prefix="edgerep-onnx-") as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             opset, exporter = int(opts.get("opset", 18)), opts.get("exporter", "dynamo")
@@ -153,13 +153,8 @@ def _torch_export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: i
         raise RuntimeError(f"torch.onnx.export wrote no file at {path}")
 
 
-def _check_calibration(request: ExportRequest) -> None:
-    if request.calibration is None or len(request.calibration) == 0:
-        raise BadInputError("int8 needs calibration images; pass a folder of real images with --calib DIR")
-
-
 def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, record: dict, model: nn.Module) -> dict:
-    """Static QDQ int8: symmetric per-channel s8 weights, s8 activations with calibrated ranges."""
+    """Static QDQ int8: symmetric per-channel s8 weights, u8 (option activation_type) activations, calibrated ranges."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -179,12 +174,14 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
                 quant_format=QuantFormat.QDQ,
                 per_channel=True,
                 reduce_range=reduce_range,
-                activation_type=QuantType.QInt8,
+                activation_type=QuantType.QUInt8 if opts.get("activation_type", "u8") == "u8" else QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibration.onnx_method(method),
                 nodes_to_exclude=keep,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
+        if opts.get("float_output", True):
+            onnx.save(float_output(onnx.load(str(dest))), str(dest))
 
     reduce_range = choice is True
     build(reduce_range, out)
@@ -203,12 +200,33 @@ def _quantize_int8(fp32: Path, out: Path, request: ExportRequest, tmp: Path, rec
         "scheme": "qdq-per-channel",
         "format": "QDQ",
         "weights": f"int8, symmetric, per output channel{', 7-bit range (reduce_range)' if reduce_range else ''}",
-        "activations": "int8, asymmetric, per tensor",
+        "activations": f"{opts.get('activation_type', 'u8')}, asymmetric, per tensor",
         "calibrate_method": method,
         "calibration_images": int(len(request.calibration)),
         "transforms": record,
         "float_nodes": keep,
     }
+
+
+def float_output(proto):
+    """Drop the QuantizeLinear -> DequantizeLinear pair in front of each graph output: float logits, same names.
+
+    Rounding logits to int8 costs accuracy and saves nothing (see the tflite backend's ``_float_output``).
+    """
+    graph = proto.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    for out in graph.output:
+        dq = producer.get(out.name)
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear":
+            continue
+        source = producer.get(q.input[0])
+        if source is None or sum(q.input[0] in n.input for n in graph.node) > 1:
+            continue  # the float tensor feeds something else too (or is a graph input): leave the pair
+        source.output[list(source.output).index(q.input[0])] = out.name
+        graph.node.remove(q)
+        graph.node.remove(dq)
+    return proto
 
 
 def _nodes_of(proto, layers: list[str]) -> list[str]:

@@ -8,8 +8,8 @@ Choices (measured, see shared/notes/dependencies.md):
   int8 activations calibrated on real images) and ``convert_pt2e(fold_quantize=False)``; the tool defaults
   (XNNPACK's PT2E config, folded quantize ops) either fail to convert or hurt fused re-param weights.
   Its input and output are int8: ``run`` quantizes/dequantizes with the tensors' own scale and zero point.
-  Before export the deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction
-  per the target options; on by default, measured in targets/tflite.toml); ``calibrate_method`` picks the
+  Before export the deploy model goes through ``edgerep.quant.prepare`` (equalization, bias correction,
+  AdaRound per the target options, each kept only if held-out calibration images agree); ``calibrate_method`` picks the
   activation observer.
 - The artifact has a fixed batch of 1 (litert-torch exports carry a batch-1 guard), so calibration and
   ``run`` go one image at a time.
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import BadInputError, EdgerepError, require
-from ..quant import calibration, prepare
+from ..quant import calibration, check_calibration, from_options
 from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 
 NCHW_INPUT = "image"
@@ -83,11 +83,8 @@ class TFLiteBackend:
         record: dict = {}
         model = model.eval()
         if request.precision == "int8":
-            _check_calibration(request)
-            model, record = prepare(
-                model, request.calibration.float(), equalize=bool(opts.get("equalize", True)),
-                bias_correction=bool(opts.get("bias_correction", True)),
-            )
+            check_calibration(request.calibration, request.input_shape, "tflite")
+            model, record = from_options(model, request.calibration.float(), opts)
         nhwc = request.layout == "nhwc"
         wrapped = (_ChannelsLast(model) if nhwc else _NamedInput(model)).eval()
         n, c, h, w = request.input_shape
@@ -99,8 +96,11 @@ class TFLiteBackend:
             if request.precision == "int8":
                 calib = request.calibration.float()
                 method = opts.get("calibrate_method", "mse")
-                edge = _convert_int8(wrapped, name, sample, calib.permute(0, 2, 3, 1) if nhwc else calib, method)
-                notes.append("full-integer static int8 (PT2E, symmetric per-channel weights); int8 input and output")
+                float_output = bool(opts.get("float_output", True))
+                edge = _convert_int8(wrapped, name, sample, calib.permute(0, 2, 3, 1) if nhwc else calib, method,
+                                     float_output)
+                notes.append("full-integer static int8 (PT2E, symmetric per-channel weights); int8 input, "
+                             + ("float32 output (the last layer dequantizes)" if float_output else "int8 output"))
             else:
                 edge = _convert(wrapped, name, sample)
         except EdgerepError:
@@ -154,22 +154,12 @@ class TFLiteBackend:
 BACKEND = TFLiteBackend()
 
 
-def _check_calibration(request: ExportRequest) -> None:
-    calib = request.calibration
-    if calib is None or len(calib) == 0:
-        raise BadInputError("tflite int8 needs calibration images: pass --calib DIR (a folder of real photos)")
-    if tuple(calib.shape[1:]) != tuple(request.input_shape[1:]):
-        raise BadInputError(
-            f"calibration images have shape {tuple(calib.shape[1:])}, the model input is {request.input_shape[1:]}"
-        )
-
-
 def _convert(module: nn.Module, name: str, sample: Tensor, **kwargs):
     with _quiet():
         return litert_torch.convert(module, sample_kwargs={name: sample}, **kwargs)
 
 
-def _convert_int8(module: nn.Module, name: str, sample: Tensor, images: Tensor, method: str):
+def _convert_int8(module: nn.Module, name: str, sample: Tensor, images: Tensor, method: str, float_output: bool):
     """PT2E full-integer int8: export, observe activations on every calibration image, convert, lower.
 
     ``method`` names the activation observer (``edgerep.quant.calibration``). No layer can stay float:
@@ -190,11 +180,33 @@ def _convert_int8(module: nn.Module, name: str, sample: Tensor, images: Tensor, 
             graph(**{name: images[i : i + 1]})
     # fold_quantize=True leaves per-channel dequantize ops the converter cannot lower for some models.
     graph = convert_pt2e(graph, fold_quantize=False)
+    if float_output:
+        _float_output(graph)
     # The graph already has eval semantics (exported from an eval model); exported graphs refuse .eval(), so
     # clear the flag directly, which only silences the converter's "converted in training mode" warning.
     for sub in graph.modules():
         sub.training = False
     return _convert(graph, name, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+
+
+def _float_output(graph) -> None:
+    """Drop the quantize / dequantize pair on each graph output: the last layer then writes float logits.
+
+    Rounding logits to int8 costs accuracy and saves nothing (one tensor per image); with many classes and small
+    margins it alone flips top-1 (a 1000-class RepVGG-A0: median top-1 margin 0.056, int8 logit step 0.095).
+    """
+    q_ops = {"quantize_per_tensor", "dequantize_per_tensor"}
+    out = next(n for n in graph.graph.nodes if n.op == "output")
+    for dq in list(out.all_input_nodes):
+        q = dq.args[0] if dq.args else None
+        if _op_name(dq) in q_ops and isinstance(q, torch.fx.Node) and _op_name(q) in q_ops:
+            out.replace_input_with(dq, q.args[0])
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+
+
+def _op_name(node) -> str:
+    return getattr(getattr(node.target, "_overloadpacket", None), "__name__", "") if node.op == "call_function" else ""
 
 
 def _fp16_weights(fp32_path: Path) -> bytes:

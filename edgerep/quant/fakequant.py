@@ -1,7 +1,8 @@
 """Integer rounding simulated in float: what the backends' int8 kernels do to weights and activations.
 
-Mirrors the schemes edgerep exports: weights symmetric per output channel in [-q, q] (q = 127, or 63 for
-ONNX ``reduce_range``), activations asymmetric per tensor in [-128, 127] over a calibrated range.
+Mirrors the schemes edgerep exports: weights symmetric per output channel in [-q, q] (q = 127; 64 for ONNX
+``reduce_range``, onnxruntime's symmetric 7-bit range), activations asymmetric per tensor in [-128, 127] over a
+calibrated range.
 """
 
 from __future__ import annotations
@@ -10,12 +11,21 @@ import torch
 from torch import Tensor
 
 
+def weight_qmax(bits: int) -> int:
+    """Largest weight integer: 127 for 8 bits; 7 bits is onnxruntime's ``reduce_range`` [-64, 64]."""
+    return 64 if bits == 7 else 2 ** (bits - 1) - 1
+
+
+def weight_scale(w: Tensor, bits: int = 8) -> Tensor:
+    """Per-output-channel scale, shaped to broadcast against ``w``: max |w| / qmax, as every backend computes it."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    return (w.detach().abs().flatten(1).amax(1).clamp_min(1e-12) / weight_qmax(bits)).view(shape)
+
+
 def weight(w: Tensor, bits: int = 8) -> Tensor:
     """``w`` rounded to symmetric per-output-channel ``bits``-bit integers and back."""
-    q = 2 ** (bits - 1) - 1
-    scale = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12) / q
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    return (w / scale.view(shape)).round().clamp(-q, q) * scale.view(shape)
+    q, scale = weight_qmax(bits), weight_scale(w, bits)
+    return (w / scale).round().clamp(-q, q) * scale
 
 
 def activation(x: Tensor, lo: float, hi: float) -> Tensor:

@@ -1,19 +1,35 @@
 """The model-level half of edgerep's int8 path: transforms applied to the PyTorch deploy model before a
-backend quantizes it, driven by the target's options (see targets/onnx.toml, targets/tflite.toml).
+backend quantizes it, driven by the target's options (targets/*.toml), the same for every target.
 
-    model, record = prepare(deployed, calibration_images, equalize=True, bias_correction=True, keep_fp="last")
+    model, record = prepare(deployed, calibration_images, equalize=True, bias_correction=True, adaround=True,
+                            budget=2)
 
-``record`` goes into the artifact's manifest (``quantization.transforms``) so it says what was done.
+Each optional step (cross-layer equalization, bias correction, AdaRound, ``budget`` layers kept float chosen by
+measured sensitivity) is judged on a held-out part of the calibration images (every ``HOLD_OUT``-th one, never
+used to fit anything) in simulated int8 (``simulate.score``): a step that makes held-out agreement with the float
+model worse is dropped and the simpler result kept, and ``record`` (the manifest's ``quantization.transforms``)
+says so, with the scores it was decided on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor, nn
 
+from ..errors import BadInputError
+from .adaround import adaround as adaround_model
 from .bias_correction import correct_bias
 from .equalize import equalize as equalize_model
 from .equalize import fold_batchnorms
-from .graph import NotTraceable, resolve_layers
+from .fakequant import RANGES
+from .graph import NotTraceable, layer_order, resolve_layers
+from .sensitivity import layer_sensitivity
+from .simulate import Score, logits, score
+
+HOLD_OUT = 4  # every 4th calibration image judges the steps
+MIN_HELD_OUT = 8  # fewer held-out images cannot decide anything: every step is then applied as asked
 
 
 def prepare(
@@ -22,27 +38,126 @@ def prepare(
     *,
     equalize: bool = False,
     bias_correction: bool = False,
+    adaround: bool = False,
+    adaround_iterations: int = 200,
+    budget: int = 0,
     keep_fp: str | list[str] | None = None,
     weight_bits: int = 8,
+    method: str = "minmax",
 ) -> tuple[nn.Module, dict]:
-    """``model`` (a new copy when anything changes) ready for int8, and a record of what was done.
+    """``model`` (a new copy when anything changes) ready for int8, and a record of what was done and why.
 
-    ``keep_fp`` layers (module names, or "first" / "last") are resolved here so a misspelt name fails
-    before any export; the backend keeps them in float. ``weight_bits`` is what the backend rounds
-    weights to (7 for ONNX ``reduce_range``), so bias correction removes the error that really occurs.
+    ``keep_fp`` layers (module names, or "first" / "last") are resolved here so a misspelt name fails before any
+    export; ``budget`` more layers are chosen by sensitivity; the backend keeps both in float (``record["keep_fp"]``).
+    ``weight_bits`` is what the backend rounds weights to (7 for ONNX ``reduce_range``).
     """
     model = model.eval()
-    keep = resolve_layers(model, keep_fp, images[:1].float())
+    images = images.float()
+    keep = resolve_layers(model, keep_fp, images[:1])
+    n_layers = len(layer_order(model, images[:1]))
+    if budget < 0 or budget > n_layers - len(keep):
+        raise BadInputError(
+            f"int8_budget={budget}: the model has {n_layers} conv/linear layers"
+            f"{f' ({len(keep)} already in keep_fp)' if keep else ''}; use 0..{n_layers - len(keep)}"
+        )
     record: dict = {"keep_fp": keep}
-    try:
-        if equalize:
-            model, record["equalized_pairs"] = equalize_model(model)
-        elif keep:  # a BatchNorm the exporter folds renames the conv's weight, by which backends find the layer
+    judge = _Judge(model, images, weight_bits, method, keep)
+    if judge.active:
+        record["held_out_images"] = len(judge.held)
+        record["simulated_int8"] = {"start": judge.best.to_dict()}
+    fit = judge.fit
+
+    def step(name: str, build: Callable[[nn.Module], tuple[nn.Module, object]], key: str) -> None:
+        nonlocal model
+        try:
+            candidate, count = build(model)
+        except NotTraceable as exc:
+            record[key] = 0
+            record[f"{name}_skipped"] = f"torch.fx cannot trace the model ({exc})"
+            return
+        if judge.accept(name, candidate, keep, record):
+            model = candidate
+            record[key] = count
+
+    if equalize:
+        step("equalize", equalize_model, "equalized_pairs")
+    elif keep or budget:  # a BatchNorm the exporter folds renames the conv's weight, by which backends find the layer
+        try:
             model, _ = fold_batchnorms(model)
-    except NotTraceable as exc:
-        record["equalized_pairs"] = 0
-        record["equalize_skipped"] = f"torch.fx cannot trace the model ({exc})"
+        except NotTraceable:
+            pass
     if bias_correction:
-        model, layers = correct_bias(model, images, bits=weight_bits, skip=tuple(keep))
-        record["bias_corrected_layers"] = layers
+        step("bias_correction", lambda m: correct_bias(m, fit, bits=weight_bits, skip=tuple(keep)),
+             "bias_corrected_layers")
+    if adaround:
+        step("adaround", lambda m: adaround_model(m, fit, skip=tuple(keep), bits=weight_bits,
+                                                  iterations=adaround_iterations, method=method),
+             "adarounded_layers")
+    if budget:
+        chosen = _most_sensitive(model, fit, budget, keep, weight_bits, method)
+        if judge.accept(f"int8_budget={budget}", model, keep + chosen, record):
+            keep = keep + chosen
+            record["keep_fp"] = keep
+            record["budget_layers"] = chosen
     return model, record
+
+
+def check_calibration(images: Tensor | None, input_shape: tuple[int, ...], target: str) -> Tensor:
+    """The calibration images, or a one-line ``BadInputError`` when they are missing or not the model's input size."""
+    if images is None or len(images) == 0:
+        raise BadInputError(f"{target} int8 needs calibration images; pass a folder of real images with --calib DIR")
+    if tuple(images.shape[1:]) != tuple(input_shape[1:]):
+        raise BadInputError(
+            f"{target} int8: calibration images have shape {tuple(images.shape[1:])}, the model input is"
+            f" {tuple(input_shape[1:])}; give photos preprocessed to the model's input size"
+        )
+    return images.float()
+
+
+def from_options(model: nn.Module, images: Tensor, options: dict, weight_bits: int = 8) -> tuple[nn.Module, dict]:
+    """``prepare`` driven by a target's resolved options; a target without an option gets that step off."""
+    method = str(options.get("calibrate_method", "minmax"))
+    return prepare(
+        model, images, equalize=bool(options.get("equalize", False)),
+        bias_correction=bool(options.get("bias_correction", False)), adaround=bool(options.get("adaround", False)),
+        adaround_iterations=int(options.get("adaround_iterations", 200)), budget=int(options.get("int8_budget", 0)),
+        keep_fp=options.get("keep_fp"), weight_bits=weight_bits, method=method if method in RANGES else "minmax",
+    )
+
+
+def _most_sensitive(model: nn.Module, images: Tensor, budget: int, keep: list[str], bits: int, method: str) -> list[str]:
+    """The ``budget`` layers whose staying float gains the most simulated agreement (then cosine-free order)."""
+    report = layer_sensitivity(model, images, mode="all_but", method=method, weight_bits=bits)
+    return [r.layer for r in report.layers if r.layer not in keep][:budget]
+
+
+class _Judge:
+    """Scores candidates on the held-out images against the original float model; keeps the best so far."""
+
+    def __init__(self, model: nn.Module, images: Tensor, bits: int, method: str, keep: list[str]) -> None:
+        held = torch.arange(len(images)) % HOLD_OUT == HOLD_OUT - 1
+        self.active = int(held.sum()) >= MIN_HELD_OUT
+        self.fit, self.held = (images[~held], images[held]) if self.active else (images, images[:0])
+        self.bits, self.method = bits, method
+        if self.active:
+            with torch.no_grad():
+                self.reference = logits(model, self.held)
+            self.best = self._score(model, keep)
+
+    def _score(self, model: nn.Module, keep: list[str]) -> Score:
+        return score(model, self.fit, self.held, skip=tuple(keep), method=self.method, bits=self.bits,
+                     reference=self.reference)
+
+    def accept(self, name: str, candidate: nn.Module, keep: list[str], record: dict) -> bool:
+        if not self.active:
+            return True
+        new = self._score(candidate, keep)
+        record["simulated_int8"][name] = new.to_dict()
+        if self.best.better_than(new):
+            record.setdefault("dropped", []).append(
+                f"{name}: held-out agreement {new.agreement:.4f} / cosine {new.cosine:.5f} is worse than"
+                f" {self.best.agreement:.4f} / {self.best.cosine:.5f} without it (simpler result kept)"
+            )
+            return False
+        self.best = new
+        return True

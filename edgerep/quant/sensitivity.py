@@ -14,8 +14,6 @@ fully quantized model is what keeping that layer in float (``keep_fp``) would bu
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,9 +25,7 @@ from ..proof.numerics import closeness, top1_accuracy
 from ..tables import table
 from . import fakequant
 from .graph import layer_order
-
-SAMPLE_PER_BATCH = 20_000  # activation values kept per layer per batch to estimate ranges
-
+from .simulate import input_ranges, logits, quantized
 
 @dataclass
 class LayerResult:
@@ -78,12 +74,12 @@ def layer_sensitivity(
     calib = images if calibration is None else calibration
     names = layer_order(model, images[:1].float())
     modules = dict(model.named_modules())
-    ranges = _input_ranges(model, names, calib.float(), method, batch)
-    ref = _logits(model, images, batch)
+    ranges = input_ranges(model, names, calib.float(), method, batch)
+    ref = logits(model, images, batch)
 
-    def measure(quantized: list[str]) -> tuple[float, float | None]:
-        with _quantized(modules, quantized, ranges, weight_bits):
-            out = _logits(model, images, batch)
+    def measure(layers: list[str]) -> tuple[float, float | None]:
+        with quantized(model, layers, ranges, weight_bits, last=names[-1]):
+            out = logits(model, images, batch)
         return closeness(ref, out).top1, None if labels is None else top1_accuracy(out, labels)
 
     top1_fp32 = None if labels is None else top1_accuracy(ref, labels)
@@ -151,48 +147,6 @@ def format_sensitivity(report: SensitivityReport, top: int | None = 15) -> str:
     body = table(["#", "layer", "kind", "agreement", "change", "top-1", "change"], rows, right={0, 3, 4, 5, 6})
     more = len(report.layers) - len(rows)
     return head + "\n" + body + (f"\n... {more} more layers (less sensitive)" if more > 0 else "")
-
-
-def _logits(model: nn.Module, images: Tensor, batch: int) -> Tensor:
-    return torch.cat([model(images[i : i + batch].float()) for i in range(0, len(images), batch)]).flatten(1)
-
-
-def _input_ranges(model: nn.Module, names: list[str], images: Tensor, method: str, batch: int) -> dict:
-    """Each layer's input range over ``images`` by ``method`` (a value sample keeps memory bounded)."""
-    samples: dict[str, list[Tensor]] = {n: [] for n in names}
-    mods = dict(model.named_modules())
-
-    def keep(name: str, x: Tensor) -> None:
-        flat = x.detach().flatten()
-        step = max(1, flat.numel() // SAMPLE_PER_BATCH)
-        samples[name].append(torch.cat([flat[::step], flat.min().view(1), flat.max().view(1)]))
-
-    hooks = [mods[n].register_forward_pre_hook(lambda _m, i, n=n: keep(n, i[0])) for n in names]
-    try:
-        _logits(model, images, batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: fakequant.RANGES[method](torch.cat(s)) for n, s in samples.items()}
-
-
-@contextlib.contextmanager
-def _quantized(modules: dict[str, nn.Module], names: list[str], ranges: dict, bits: int) -> Iterator[None]:
-    """Layers ``names`` with int8-rounded weights and inputs, restored on exit."""
-    saved, hooks = {}, []
-    try:
-        for n in names:
-            m = modules[n]
-            saved[n] = m.weight.data
-            m.weight.data = fakequant.weight(m.weight.data, bits)
-            lo, hi = ranges[n]
-            hooks.append(m.register_forward_pre_hook(lambda _m, i, lo=lo, hi=hi: (fakequant.activation(i[0], lo, hi),)))
-        yield
-    finally:
-        for h in hooks:
-            h.remove()
-        for n, w in saved.items():
-            modules[n].weight.data = w
 
 
 def _kind(m: nn.Module) -> str:
