@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -163,3 +169,51 @@ def run_timm_fixture(name: str, fixture: str) -> TimmRun:
         deploy = reparameterize(model, inplace=True)  # the train form is not needed any more
         out_deploy = deploy(ckpt["input"])
     return TimmRun(ckpt, deploy, out_train, out_deploy, train_convs)
+
+
+# --- a real OpenSSH server on 127.0.0.1 (devices, calibration and Ray tests) ------------------------------
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    if SSHD is None or os.geteuid() != 0 or not (shutil.which("ssh-keygen") and shutil.which("ssh")):
+        reason = "sshd (openssh-server) not installed or not root: apt-get install -y openssh-server, run as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key", "wrong_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"sshd exited: {proc.stderr.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    opts = dict(identity=str(d / "client_key"), python=sys.executable,
+                options=(f"UserKnownHostsFile={d / 'known_hosts'}", "LogLevel=ERROR"))
+    yield {"url": f"ssh://{user}@127.0.0.1:{port}", "port": port, "dir": d, "opts": opts, "user": user}
+    proc.terminate()
+    proc.wait(timeout=10)

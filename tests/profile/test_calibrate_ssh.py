@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_ssh import sshd  # noqa: F401  (the module-scoped local sshd fixture)
 
 from edgerep.cli import main
 from edgerep.profile.kernel_suite import build_onnx, sample_specs

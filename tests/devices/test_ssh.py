@@ -2,72 +2,23 @@
 
 The "device" is this machine: its Python (sys.executable) plays the remote Python. sshd runs in the foreground
 (-D -e) with its own config, host key and authorized_keys in a temporary folder; it needs root (CI has it) and
-Debian's openssh-server. Without sshd the tests skip locally and fail under CI=true, where .ci/run installs it.
+Debian's openssh-server. Without sshd the tests skip locally and fail under CI=true, where .ci/run installs it. The ``sshd`` fixture is in conftest.py
+(the calibration and Ray tests use the same server).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import pwd
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 
 from edgerep.devices.result import DeviceError
 from edgerep.devices.ssh import SshOptions, parse_ssh_url, run_over_ssh
 from edgerep.errors import BadInputError
-
-SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    if SSHD is None or os.geteuid() != 0 or not (shutil.which("ssh-keygen") and shutil.which("ssh")):
-        reason = "sshd (openssh-server) not installed or not root: apt-get install -y openssh-server, run as root"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key", "wrong_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    os.chmod(d / "authorized_keys", 0o600)
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"sshd exited: {proc.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    opts = dict(identity=str(d / "client_key"), python=sys.executable,
-                options=(f"UserKnownHostsFile={d / 'known_hosts'}", "LogLevel=ERROR"))
-    yield {"url": f"ssh://{user}@127.0.0.1:{port}", "port": port, "dir": d, "opts": opts, "user": user}
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +60,7 @@ def test_run_times_profiles_and_returns_outputs(sshd, tiny_onnx):
 
 
 def test_unreachable_host(sshd, tiny_onnx):
-    url = f"ssh://{sshd['user']}@127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"ssh://{sshd['user']}@127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(DeviceError, match="host unreachable"):
         run_over_ssh(tiny_onnx, url, ssh=SshOptions(**{**sshd["opts"], "connect_timeout": 3}))
 
@@ -189,6 +140,6 @@ def test_profile_command_measures_over_ssh(sshd, tiny_onnx, capsys):
 def test_profile_command_unreachable_host_exits_2(sshd, tiny_onnx, capsys):
     from edgerep.cli import main
 
-    url = f"ssh://{sshd['user']}@127.0.0.1:{_free_port()}"
+    url = f"ssh://{sshd['user']}@127.0.0.1:{free_port()}"
     assert main(["profile", str(tiny_onnx), "--device", url, "--identity", sshd["opts"]["identity"]]) == 2
     assert "127.0.0.1" in capsys.readouterr().err

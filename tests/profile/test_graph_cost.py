@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from edgerep.errors import BadInputError
-from edgerep.proof.metrics import count_macs
 from edgerep.profile.graph_cost import graph_cost
 from edgerep.profile.style_nets import build, efficientnet_lite_style, mobilenet_v3_style
+from edgerep.proof.metrics import count_macs
 
 RES = 64  # small inputs keep the exports fast; the cost rules do not depend on the size
 

@@ -24,7 +24,7 @@ from edgerep.devices.adb import (
 from edgerep.devices.result import DeviceError
 from edgerep.errors import BadInputError
 
-FIXTURES = Path(__file__).parent / "fixtures" / "adb"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "adb"
 SERIAL = "R58M12ABCDE"
 
 FAKE_ADB = r'''#!{python}

@@ -17,7 +17,7 @@ from edgerep import defaults
 from edgerep.accuracy.gate import BASELINE_FORMAT
 from edgerep.checkpoints import Checkpoint, load_model, save_checkpoint
 
-PROJECT_BASELINE = Path(__file__).resolve().parents[1] / ".ci" / "accuracy-baseline.json"
+PROJECT_BASELINE = Path(__file__).resolve().parents[2] / ".ci" / "accuracy-baseline.json"
 MODEL = "repghostnet_050"
 
 

@@ -11,7 +11,6 @@ after the same folding: ``generic(train) == generic(block_aware(train))``.
 from __future__ import annotations
 
 import functools
-
 import json
 
 import pytest
@@ -23,8 +22,7 @@ from edgerep.checkpoints.load import load_model
 from edgerep.cli import main
 from edgerep.proof.metrics import count_nodes
 from edgerep.proof.numerics import randomize_bn
-from edgerep.reparam import reparameterize
-from edgerep.reparam import generic
+from edgerep.reparam import generic, reparameterize
 from edgerep.zoo import get_spec, list_models
 
 generic_pass = functools.partial(generic.generic_pass, graph="fx")  # node counts in module terms; ATen: test_generic_aten

@@ -18,6 +18,7 @@ from torch import nn
 
 from edgerep.proof.metrics import count_nodes
 from edgerep.proof.numerics import randomize_bn
+from edgerep.reparam import generic
 from edgerep.reparam.blocks.acb import ACBlock
 from edgerep.reparam.blocks.cmb import CircularMaskBlock
 from edgerep.reparam.blocks.dbb import DiverseBranchBlock
@@ -26,10 +27,8 @@ from edgerep.reparam.blocks.repghost import RepGhostModule
 from edgerep.reparam.blocks.replk import ReparamLargeKernelConv
 from edgerep.reparam.blocks.repvgg import RepVGGBlock
 from edgerep.reparam.fuse import bn_scale_shift
-from edgerep.reparam import generic
 from edgerep.reparam.generic import Form, NotReparameterizableError
 from edgerep.reparam.generic.form import NotExact
-
 
 generic_pass = functools.partial(generic.generic_pass, graph="fx")
 reparameterize_generic = functools.partial(generic.reparameterize_generic, graph="fx")

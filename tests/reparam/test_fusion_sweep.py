@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from conftest import REL_TOL_FP32, REL_TOL_FP64  # noqa: E402
 from fusion_sweep import SAMPLERS, run_sweep  # noqa: E402
 

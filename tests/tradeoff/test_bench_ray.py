@@ -13,13 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import test_ssh
 from conftest import one_error_line, run_cli
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from ray_sweep import LocalCluster, model_specs, photos
-
-sshd = test_ssh.sshd  # the module-scoped local OpenSSH server, shared with the ssh tests
 
 PLAN = [("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "int8")]
 
@@ -66,7 +63,7 @@ def test_example_cluster_file_is_valid_for_the_ray_launcher():
     yaml = pytest.importorskip("yaml")
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "examples/ray-cluster.yaml").read_text())
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples/ray-cluster.yaml").read_text())
     validate_config(prepare_config(config))  # raises on a field the launcher does not know
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert any("--resources=" in c for c in config[key]), key
@@ -81,7 +78,7 @@ def bare_cluster(tmp_path_factory):
     pytest.importorskip("ray")
     blocker = tmp_path_factory.mktemp("blocker")
     (blocker / "onnxruntime.py").write_text("raise ImportError('No module named onnxruntime')\n")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cluster = LocalCluster([], head_cpus=1, head_resources={"device:host:bare": 1},
                            env={"PYTHONPATH": f"{blocker}:{root}"})
     with cluster:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import export as bench  # noqa: E402
 
 from edgerep.proof.metrics import interleaved_times  # noqa: E402
