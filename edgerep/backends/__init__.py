@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-
 from pathlib import Path
 
 from ..errors import BadInputError, EdgerepError, MissingDependencyError

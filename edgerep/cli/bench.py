@@ -147,8 +147,9 @@ def _threads(text: str) -> list[int]:
 
 
 def _check_devices(devices: list[str], ray: bool) -> None:
+    from ..devices import is_real_device
     from ..profile.profiles import get_profile
 
     for d in devices:
-        if not (d == "host" or d.startswith(("ssh://", "adb:")) or (ray and d.startswith("host:"))):
+        if not (d == "host" or is_real_device(d) or (ray and d.startswith("host:"))):
             get_profile(d)  # unknown names are refused here with the list of known ones

@@ -24,7 +24,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import __version__
+from .._version import __version__
+from ..devices import DEVICE_FORMS, is_real_device
 from ..errors import BadInputError
 from .cpu import describe_cpu
 from .graph_cost import graph_cost
@@ -74,8 +75,8 @@ def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", thr
         raise BadInputError(f"--threads {threads}: give 1 or more")
     if budget_min <= 0:
         raise BadInputError(f"--budget {budget_min}: give minutes > 0")
-    if device != "host" and not device.startswith(("ssh://", "adb:")):
-        raise BadInputError(f"unknown device {device!r}: use host, ssh://user@host[:port] or adb:SERIAL")
+    if device != "host" and not is_real_device(device):
+        raise BadInputError(f"unknown device {device!r}: use host, {DEVICE_FORMS}")
     if device.startswith("adb:"):
         raise BadInputError("adb devices run .tflite files with benchmark_model; the suite is ONNX: calibrate an "
                             "adb device through ssh (Termux) or use --device ssh://...")

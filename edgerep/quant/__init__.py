@@ -9,9 +9,9 @@ choices per backend, and a per-layer sensitivity table.
 - ``sensitivity``: quantize one layer at a time (or all but one), rank the layers by the damage
 """
 
+from .adaround import adaround
 from .bias_correction import correct_bias
 from .equalize import equalize, fold_batchnorms
-from .adaround import adaround
 from .prepare import check_calibration, from_options, prepare
 
 __all__ = ["adaround", "correct_bias", "check_calibration", "equalize", "fold_batchnorms", "from_options", "prepare"]

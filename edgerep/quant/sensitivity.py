@@ -27,6 +27,7 @@ from . import fakequant
 from .graph import layer_order
 from .simulate import input_ranges, logits, quantized
 
+
 @dataclass
 class LayerResult:
     layer: str

@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..devices import is_real_device
 from ..errors import BadInputError, EdgerepError, require
 from .blobs import pack, unpack
 from .latency import Latency, is_host
@@ -45,7 +46,7 @@ LOST_WAIT_S = 0.5  # how often the driver looks at finished tasks and at the nod
 
 def resource_of(device: str) -> str | None:
     """The custom resource a device's timing task takes; None for a predicted (profile) device."""
-    if is_host(device) or device.startswith(("ssh://", "adb:")):
+    if is_host(device) or is_real_device(device):
         return f"device:{device}"
     return None
 

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from ..fuse import KernelBias, add_branches, fold_bn, pair
 from .base import ReparamBlock, deploy_conv
 
-
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
