@@ -95,15 +95,7 @@ def profile_artifact(
             "onnx" if path.suffix == ".onnx" else "tflite")
     job = {"path": str(path.resolve()), "threads": list(threads), "cores": cores, "rounds": rounds,
            "per_round": per_round, "warmup": warmup, "layers": layers}
-    proc = subprocess.run([sys.executable, "-m", "edgerep.profile.host"], input=json.dumps(job), text=True,
-                          capture_output=True, timeout=timeout)
-    try:
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-    except (IndexError, json.JSONDecodeError):
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BadInputError(f"timing {path.name} crashed its runtime (exit {proc.returncode}): {tail}") from None
-    if "error" in result:
-        raise BadInputError(f"{path.name}: {result['error']}")
+    result = _run_worker(job, timeout, what=f"timing {path.name}")
     return HostProfile(
         artifact=str(path), runtime=result["runtime"], runtime_version=result["version"],
         input_shape=result["input_shape"],
@@ -125,16 +117,22 @@ def time_many(paths: list[str | Path], threads: int, *, rounds: int = 5, per_rou
     _check_threads((threads,))
     job = {"paths": [str(Path(p).resolve()) for p in paths], "threads": [threads], "rounds": rounds,
            "per_round": per_round, "warmup": warmup}
+    result = _run_worker(job, timeout, what="timing")
+    return {Path(k).name: v for k, v in result["fastest"].items()}
+
+
+def _run_worker(job: dict, timeout: float, what: str) -> dict:
+    """Run ``job`` in a fresh worker process (this module's ``__main__``) and return its JSON result."""
     proc = subprocess.run([sys.executable, "-m", "edgerep.profile.host"], input=json.dumps(job), text=True,
                           capture_output=True, timeout=timeout)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BadInputError(f"timing crashed its runtime (exit {proc.returncode}): {tail}") from None
+        raise BadInputError(f"{what} crashed its runtime (exit {proc.returncode}): {tail}") from None
     if "error" in result:
-        raise BadInputError(result["error"])
-    return {Path(k).name: v for k, v in result["fastest"].items()}
+        raise BadInputError(f"{what}: {result['error']}")
+    return result
 
 
 def _batch_worker(job: dict) -> dict:
