@@ -103,7 +103,7 @@ def test_missing_backend_dependency_gives_a_one_line_install_hint(monkeypatch, t
     ("backend", "module", "call"),
     [
         ("tflite", "ai_edge_quantizer", lambda b, tmp: b._fp16_weights(tmp / "m.tflite")),
-        ("tflite", "torchao", lambda b, tmp: b._convert_int8(nn.Identity(), "image", X, X, "minmax")),
+        ("tflite", "torchao", lambda b, tmp: b._convert_int8(nn.Identity(), "image", X, X, "minmax", True)),
         ("coreml", "sklearn", lambda b, tmp: b._palettize(None, 6)),
         ("onnx", "onnxscript", lambda b, tmp: b._torch_export(nn.Identity(), X.shape, tmp / "m.onnx", 18, "dynamo")),
         ("coreml", "coremltools", lambda b, tmp: b.load_program(tmp / "m.mlpackage")),
