@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
-from .checkpoints import Checkpoint, LoadInfo, load_model, save_checkpoint
+from .checkpoints import Checkpoint, LoadInfo, check_geometry, load_model, save_checkpoint
 from .console import progress_bar
 from .errors import BadInputError, EdgerepError, Interrupted, VerificationError
 from .fileio import atomic_path, removed_if_empty, sha256_path, writable_file
@@ -122,6 +122,7 @@ def deploy_checkpoint(
     n_images: int = 8,
     latency: bool = True,
     generic: bool = False,
+    overrides: dict | None = None,
 ) -> DeployResult:
     """Load a train-form checkpoint in any known layout, deploy it, verify, and write the deploy checkpoint.
 
@@ -130,6 +131,7 @@ def deploy_checkpoint(
     ``output_train`` / ``output_deploy``, as the fixtures of other projects carry them) become checks
     too. Nothing is written unless every check passes; the file appears atomically. ``generic``: see
     ``deploy``; it only verifies (its traced deploy form is not a zoo architecture a checkpoint can load into).
+    ``overrides`` are the user's geometry (input size, mean, std, labels, ...; see ``Checkpoint``).
     """
     if is_program(checkpoint):
         return deploy_program(checkpoint, output=output, rtol=rtol, images=images, n_images=n_images,
@@ -139,11 +141,12 @@ def deploy_checkpoint(
             "--generic only verifies: its deploy form is a traced graph, not a zoo architecture a checkpoint "
             "loads into; drop -o, or write the checkpoint without --generic"
         )
-    ck = Checkpoint.open(checkpoint)
+    ck = Checkpoint.open(checkpoint, overrides)
     if output is not None:
         _check_output(Path(output), ck.path)
     name = ck.model_name(name)
     model, info = ck.load(name, layout=checkpoint_layout, form="train")
+    check_geometry(model, ck, name, info.num_classes)
     if output is not None and get_spec(name).family == "msgc":
         raise BadInputError(
             f"{name}: its deploy form (per-sample gates as standard ops) has no checkpoint layout to load back; "
@@ -265,6 +268,7 @@ def export_checkpoint(
     options: dict | None = None,
     tolerance: dict | None = None,
     progress=None,
+    overrides: dict | None = None,
 ) -> tuple[list[tuple[str, str, ExportResult | EdgerepError]], LoadInfo]:
     """Load a checkpoint (train form is deployed and verified first), export every (target, precision) of ``plan``.
 
@@ -289,9 +293,10 @@ def export_checkpoint(
         model, info, pre, labels = result.model, result.source, program_preprocess(result.model_input), None
         name = info.model
     else:
-        ck = Checkpoint.open(checkpoint)
+        ck = Checkpoint.open(checkpoint, overrides)
         name = ck.model_name(name)
         model, info = ck.load(name, layout=checkpoint_layout)
+        check_geometry(model, ck, name, info.num_classes)
         pre = ck.preprocess(name)
         if info.form == "train":
             if progress:

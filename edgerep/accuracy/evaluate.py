@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..backends import get_backend, read_input_spec
-from ..checkpoints import Checkpoint, preprocess_of
+from ..checkpoints import Checkpoint, check_geometry, preprocess_of
 from ..errors import BadInputError
 from ..export.manifest import manifest_path, manifest_preprocess, read_manifest, size_bytes
 from ..export.targets import artifact_suffixes, get_target
@@ -105,19 +105,20 @@ def results_document(results: list[EvalResult], data: Data) -> dict:
     return {"kind": RESULTS_KIND, "version": 1, "data": data.describe(), "results": [r.to_dict() for r in results]}
 
 
-def open_subject(path: str | Path, model: str | None = None) -> Subject:
+def open_subject(path: str | Path, model: str | None = None, overrides: dict | None = None) -> Subject:
     """An exported artifact (by suffix, its manifest beside it) or else a PyTorch checkpoint."""
     p = Path(path)
     if p.suffix in artifact_suffixes():
         return open_artifact(p, model)
-    return open_checkpoint(p, model)
+    return open_checkpoint(p, model, overrides)
 
 
-def open_checkpoint(path: str | Path, model: str | None = None) -> Subject:
-    """A train- or deploy-form checkpoint, evaluated as saved, in float32."""
-    ck = Checkpoint.open(path)
+def open_checkpoint(path: str | Path, model: str | None = None, overrides: dict | None = None) -> Subject:
+    """A train- or deploy-form checkpoint, evaluated as saved, in float32 (at ``overrides``' geometry if given)."""
+    ck = Checkpoint.open(path, overrides)
     name = ck.model_name(model)
     net, info = ck.load(name)
+    check_geometry(net, ck, name, info.num_classes)
     net = net.float().eval()
     pre = ck.preprocess(name)
 
@@ -170,12 +171,12 @@ def open_artifact(path: str | Path, model: str | None = None) -> Subject:
     )
 
 
-def open_reference(path: str | Path, model: str | None = None) -> Reference:
+def open_reference(path: str | Path, model: str | None = None, overrides: dict | None = None) -> Reference:
     """The fp32 PyTorch model that artifacts are compared with (a checkpoint, never an artifact)."""
     p = Path(path)
     if p.suffix in artifact_suffixes() or manifest_path(p).exists():
         raise BadInputError(f"--reference {p} is an exported artifact; give the PyTorch checkpoint it came from")
-    return Reference(open_checkpoint(p, model))
+    return Reference(open_checkpoint(p, model, overrides))
 
 
 def _manifest(path: Path) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 from ..console import status, stream
 from ..errors import BadInputError
@@ -87,3 +88,50 @@ def comma_list(text: str) -> str:
     if not split_list(text):
         raise argparse.ArgumentTypeError(f"{text!r} names nothing; give one or more names separated by commas")
     return text
+
+
+def add_geometry(parser: argparse.ArgumentParser) -> None:
+    """Flags for a checkpoint's own geometry (a model fine-tuned at 32 px on 10 classes is not ImageNet at 224)."""
+    g = parser.add_argument_group(
+        "input geometry", "override what the checkpoint (its meta, or a timm config.json beside it) and the zoo say")
+    g.add_argument("--input-size", type=_input_size, metavar="N|HxW", help="input height and width, e.g. 32 or 96x128")
+    g.add_argument("--mean", type=_triple, metavar="R,G,B", help="normalisation mean, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", type=_triple, metavar="R,G,B", help="normalisation std, e.g. 0.229,0.224,0.225")
+    g.add_argument("--labels", metavar="A,B,...|FILE", help="class names in output order, or a file with one per line")
+    g.add_argument("--crop-pct", type=fraction, metavar="F", help="centre crop fraction (1: resize only, 0.875: 256->224)")
+    g.add_argument("--interpolation", choices=["nearest", "bilinear", "bicubic", "lanczos"], help="resize filter")
+
+
+def geometry(args: argparse.Namespace) -> dict:
+    """The geometry flags given, as checkpoint meta entries (``Checkpoint.overrides``)."""
+    out: dict = {}
+    if args.input_size:
+        out["input_size"] = [3, *args.input_size]
+    for key in ("mean", "std", "crop_pct", "interpolation"):
+        if getattr(args, key) is not None:
+            out[key] = getattr(args, key)
+    if args.labels:
+        source = Path(args.labels)
+        names = [ln.strip() for ln in source.read_text().splitlines()] if source.is_file() else args.labels.split(",")
+        out["labels"] = [n.strip() for n in names if n.strip()]
+        if not out["labels"]:
+            raise BadInputError(f"--labels {args.labels!r} names no class; give a,b,... or a file with one per line")
+    return out
+
+
+def _input_size(text: str) -> list[int]:
+    parts = text.lower().split("x")
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        size = []
+    if len(size) not in (1, 2) or min(size, default=0) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give N or HxW with positive integers (e.g. 32)")
+    return size * 2 if len(size) == 1 else size
+
+
+def _triple(text: str) -> list[float]:
+    values = [_number(v) for v in text.split(",") if v.strip()]
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 3 numbers (R,G,B), e.g. 0.485,0.456,0.406")
+    return values

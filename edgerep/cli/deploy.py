@@ -7,7 +7,7 @@ import json
 import time
 
 from ..errors import BadInputError
-from .common import positive_float, renamed, status
+from .common import add_geometry, geometry, positive_float, renamed, status
 
 ORDER = 10
 
@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "branch set and conv chain); verifies only, writes no checkpoint",
     )
     d.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    add_geometry(d)
     d.set_defaults(func=run)
 
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         name,
         checkpoint,
         output=args.output,
+        overrides=geometry(args),
         checkpoint_layout=None if args.checkpoint_layout == "auto" else args.checkpoint_layout,
         rtol=args.rtol,
         images=images,

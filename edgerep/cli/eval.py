@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import BadInputError
-from .common import positive_int, renamed, status
+from .common import add_geometry, geometry, positive_int, renamed, status
 
 ORDER = 30
 
@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--calib", help="--sensitivity: images for activation ranges (default: the --images photos)")
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     renamed(e, "--data", "--images")
+    add_geometry(e)  # for checkpoints: an artifact's own manifest says how to feed it
     e.set_defaults(func=run)
 
 
@@ -88,17 +89,19 @@ def run(args: argparse.Namespace) -> int:
     if args.sensitivity:
         return _sensitivity(args, paths, defaults.default_images_dir())
     output = None if args.output is None else writable_file(args.output, example="results.json")
-    fixed_ref = open_reference(args.reference, args.model) if args.reference else None
+    fixed_ref = open_reference(args.reference, args.model, geometry(args)) if args.reference else None
     refs: dict[Path, Reference] = {}  # by checkpoint: each reference runs once for all its artifacts
     say = (lambda _msg: None) if args.json else status
     results = []
     for path in paths:
         with captured(f"loading {path.name}"):  # runtimes' load logs stay hidden unless --verbose or it fails
-            subject = open_subject(path, args.model)
+            subject = open_subject(path, args.model, geometry(args))
         reference = fixed_ref
         if reference is None and not args.no_reference and subject.source is not None:
             if subject.source not in refs:
-                refs[subject.source] = open_reference(subject.source, subject.model)
+                # the source checkpoint at the artifact's input size (it runs on the artifact's own inputs)
+                size = {"input_size": [3, *subject.input_shape[1:]]}
+                refs[subject.source] = open_reference(subject.source, subject.model, size)
             reference = refs[subject.source]
         say(f"evaluating {path.name} ({subject.target} {subject.precision}) on {data.count} images")
         with captured(f"evaluating {path.name}"):

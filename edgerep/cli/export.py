@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..errors import BadInputError, EdgerepError, VerificationError
-from .common import comma_list, fraction, key_value, renamed, split_list, status
+from .common import add_geometry, comma_list, fraction, geometry, key_value, renamed, split_list, status
 
 ORDER = 20
 
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     renamed(e, "--output-dir", "--output")
     renamed(e, "--layout", "--checkpoint-layout")
+    add_geometry(e)
     e.set_defaults(func=run)
 
 
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         options=options or None,
         tolerance={"top1_agreement": args.min_agreement} if args.min_agreement is not None else None,
         progress=None if args.json else status,
+        overrides=geometry(args),
     )
     failed = [r for r in rows if isinstance(r[2], EdgerepError)]
     code = max((r.exit_code for _, _, r in failed), default=0)  # 2 for a layer a target cannot convert
