@@ -235,7 +235,7 @@ def deploy_program(
 
 
 # What a deploy checkpoint keeps from its train-form source: what export and eval need later.
-_CARRIED_META = ("input_size", "mean", "std", "labels", "crop_pct")
+_CARRIED_META = ("input_size", "mean", "std", "labels", "crop_pct", "interpolation")
 
 
 def _sample_images(folder: str | Path, pre: Preprocess, n: int) -> tuple[Tensor, str]:
