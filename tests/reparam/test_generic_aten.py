@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REL_TOL_FP32, REL_TOL_FP64
+from conftest import ILL_CONDITIONED_FP32, REL_TOL_FP32, REL_TOL_FP64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from style_models import InceptionStyle, StyleZoo, TimmRepMixer, TimmStyleNet, TrainingBN
@@ -168,7 +168,12 @@ def test_zoo_generic_aten_runs_no_more_convs_than_block_aware(name):
     gm, report = generic_pass(model, x[:1])
     assert report.frontend == "aten"
     with torch.no_grad():
-        assert _rel(gm(x), model(x)) <= REL_TOL_FP32
+        if name in ILL_CONDITIONED_FP32:  # fp32 cannot tell there; the math is judged in fp64
+            gm64, _ = generic_pass(model.double(), x[:1].double())  # .double() converts the model in place
+            assert _rel(gm64(x.double()), model(x.double())) <= REL_TOL_FP64
+            model.float()
+        else:
+            assert _rel(gm(x), model(x)) <= REL_TOL_FP32
     block = reparameterize(model)
     assert executed_convs(gm, x) <= executed_convs(block, x) <= executed_convs(model, x)
 

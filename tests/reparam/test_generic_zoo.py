@@ -15,7 +15,7 @@ import json
 
 import pytest
 import torch
-from conftest import REL_TOL_FP32, REL_TOL_FP64, shared_path
+from conftest import ILL_CONDITIONED_FP32, REL_TOL_FP32, REL_TOL_FP64, shared_path
 
 from edgerep.checkpoints import Checkpoint
 from edgerep.checkpoints.load import load_model
@@ -26,7 +26,6 @@ from edgerep.reparam import generic, reparameterize
 from edgerep.zoo import get_spec, list_models
 
 generic_pass = functools.partial(generic.generic_pass, graph="fx")  # node counts in module terms; ATen: test_generic_aten
-ILL_CONDITIONED_FP32 = {"mobileone_s4"}  # see tests/test_zoo_deploy.py
 BLOCKS_ONLY = {"repvgg", "qarepvgg", "mobileone"}
 QUICK = ["mobileone_s0", "repghostnet_050", "resnet18_dbb"]
 # Where merging branch sets only (fold_chains=False) is not the block-aware graph node for node: the ResNet variants'

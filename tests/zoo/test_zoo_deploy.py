@@ -6,16 +6,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from conftest import REL_TOL_FP32, REL_TOL_FP64  # noqa: E402
+from conftest import ILL_CONDITIONED_FP32, REL_TOL_FP32, REL_TOL_FP64  # noqa: E402
 from zoo_deploy import deploy_model  # noqa: E402
 
 from edgerep.proof.metrics import count_nodes  # noqa: E402
 from edgerep.zoo import create_model, list_models  # noqa: E402
 
-# Random-weight MobileOne-S4 loses digits in fp32 by itself: its SE gates see activations near 1e4 and the
-# train form's fp32 output is ~1e-3 away from its own fp64 output (bench/zoo_deploy.py prints it). There the
-# fusion is proven in fp64 only; the test below fails if the model ever becomes well conditioned.
-ILL_CONDITIONED_FP32 = {"mobileone_s4"}
+# ILL_CONDITIONED_FP32 (conftest): fusion proven in fp64 only; _check fails if the model becomes well conditioned.
 ONE_CONV_PER_BLOCK = {"repvgg", "qarepvgg", "mobileone"}
 QUICK = ["repvgg_a0", "repvgg_b1g4", "qarepvgg_a0", "mobileone_s0", "mobileone_s4", "repghostnet_050",
          "mobilenetv2_100", "resnet18_acb", "resnet18_dbb", "resnet18_cmb", "resnet18_refconv"]
