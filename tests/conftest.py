@@ -33,8 +33,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "edgerep"))
 # Fusion tolerances, stated once. fp64 proves the math (only rounding remains); fp32 is what users run.
 REL_TOL_FP64 = 1e-10
 REL_TOL_FP32 = 1e-5
-# Random-weight MobileOne-S4: its SE gates see activations ~1e4 and its own train form in fp32 is 1e-3..4e-2 from its fp64
-# output, so fusion is judged in fp64 there (bench/zoo_deploy.py measures it; a trained S4 would not need this).
+# Random-weight MobileOne-S4: its SE gates see activations ~1e4 and its own train form in fp32 is 1e-3..4e-2
+# from its fp64 output, so fusion is judged in fp64 there (bench/zoo_deploy.py measures it; a trained S4 would not
+# need this).
 ILL_CONDITIONED_FP32 = {"mobileone_s4"}
 
 SHARED = Path(os.environ.get("EDGEREP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
