@@ -221,3 +221,19 @@ def sshd(tmp_path_factory):
     yield {"url": f"ssh://{user}@127.0.0.1:{port}", "port": port, "dir": d, "opts": opts, "user": user}
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def locked_folder(monkeypatch, folder: Path) -> Path:
+    """``folder``, made, whose listing the OS refuses (tests run as root, for whom chmod 000 changes nothing:
+    the refusal is simulated where it happens, in ``Path.iterdir``)."""
+    folder.mkdir()
+    real = Path.iterdir
+
+    def refuse(self):
+        if self == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    return folder
+

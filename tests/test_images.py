@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import locked_folder
 from PIL import Image
 
 from edgerep import defaults
@@ -358,16 +359,6 @@ def test_palette_png_with_transparency_reads_its_colours_quietly(tmp_path: Path)
 
 
 def test_unreadable_image_folder_is_one_bad_input_error(tmp_path: Path, monkeypatch) -> None:
-    # Tests run as root, for whom chmod 000 changes nothing: the OS's refusal is simulated where it happens.
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    real = Path.iterdir
-
-    def refuse(self):
-        if self == folder:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
-
-    monkeypatch.setattr(Path, "iterdir", refuse)
+    folder = locked_folder(monkeypatch, tmp_path / "locked")
     with pytest.raises(BadInputError, match=r"cannot read image folder .*locked \(Permission denied\)"):
         list_images(folder)

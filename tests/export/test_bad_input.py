@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_error_line, run_cli
+from conftest import locked_folder, one_error_line, run_cli
 
 from edgerep import defaults
 from edgerep.checkpoints import Checkpoint, load_model, save_checkpoint
@@ -119,16 +119,7 @@ def test_a_hand_edited_manifest_is_named_not_a_traceback(capsys, tmp_path, chang
 
 
 def test_unreadable_calibration_folder_in_export(capsys, tmp_path, train_ckpt, monkeypatch) -> None:
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    real = Path.iterdir
-
-    def refuse(self):
-        if self == folder:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
-
-    monkeypatch.setattr(Path, "iterdir", refuse)
+    folder = locked_folder(monkeypatch, tmp_path / "photos")
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, "export", MODEL, "-c", str(train_ckpt), "--target", "onnx", "--precision", "int8",
                            "--calib", str(folder), "-o", str(out), "--json")
