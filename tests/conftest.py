@@ -237,3 +237,21 @@ def locked_folder(monkeypatch, folder: Path) -> Path:
     monkeypatch.setattr(Path, "iterdir", refuse)
     return folder
 
+
+def ssh_cli_args(sshd: dict) -> list[str]:
+    """The CLI flags that reach the ``sshd`` fixture's server (identity, remote python, ssh options)."""
+    opts = sshd["opts"]
+    return ["--identity", opts["identity"], "--remote-python", opts["python"],
+            *[a for o in opts["options"] for a in ("--ssh-option", o)]]
+
+
+def python_without_onnxruntime(folder: Path) -> Path:
+    """A python executable (a wrapper script in ``folder``) whose ``import onnxruntime`` fails: a device without it."""
+    blocker = folder / "blocker"
+    blocker.mkdir()
+    (blocker / "onnxruntime.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    wrapper = folder / "python-without-ort"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={blocker} exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+

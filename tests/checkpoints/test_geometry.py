@@ -84,8 +84,8 @@ def test_bad_geometry_is_one_line_and_exit_2(capsys, bare, tmp_path, flags, mess
 def test_an_input_size_the_architecture_cannot_take(capsys, tmp_path):
     """RepVGG's global pool needs at least one pixel after five stride-2 stages' padding: 1x1 still works, so the
     refusal is shown on a classifier whose pooling is a fixed 7x7 window."""
-    from edgerep.zoo import create_model
     from edgerep.checkpoints import check_geometry
+    from edgerep.zoo import create_model
 
     model = create_model("repghostnet_050", num_classes=10).eval()
     model.global_pool = torch.nn.AvgPool2d(7)  # a fixed window: inputs under 7x7 after the stem are refused

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, python_without_onnxruntime
 
 from edgerep.devices.result import DeviceError
 from edgerep.devices.ssh import SshOptions, parse_ssh_url, run_over_ssh
@@ -77,12 +77,7 @@ def test_remote_python_missing(sshd, tiny_onnx):
 
 
 def test_remote_runtime_missing(sshd, tiny_onnx, tmp_path):
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "onnxruntime.py").write_text("raise ImportError('No module named onnxruntime')\n")
-    wrapper = tmp_path / "python-without-ort"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={blocker} exec {sys.executable} \"$@\"\n")
-    wrapper.chmod(0o755)
+    wrapper = python_without_onnxruntime(tmp_path)
     with pytest.raises(DeviceError, match="runtime-missing: onnxruntime is not installed") as err:
         run_over_ssh(tiny_onnx, sshd["url"], ssh=SshOptions(**{**sshd["opts"], "python": str(wrapper)}))
     assert err.value.result.partial and err.value.result.machine["python"]  # what was learned is kept

@@ -6,22 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import python_without_onnxruntime, ssh_cli_args
 
 from edgerep.cli import main
 from edgerep.profile.kernel_suite import build_onnx, sample_specs
-
-
-def _ssh_args(sshd) -> list[str]:  # noqa: F811
-    opts = sshd["opts"]
-    return ["--identity", opts["identity"], "--remote-python", opts["python"],
-            *[a for o in opts["options"] for a in ("--ssh-option", o)]]
 
 
 @pytest.mark.slow
 def test_calibrate_over_ssh_then_profile(sshd, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "remote.toml"
     argv = ["calibrate", sshd["url"], "-o", str(out), "--kernels", "pointwise,add", "--per-kernel", "2",
-            "--budget", "5", "--json", *_ssh_args(sshd)]
+            "--budget", "5", "--json", *ssh_cli_args(sshd)]
     assert main(argv) == 0, capsys.readouterr().err
     d = json.loads(capsys.readouterr().out)
     assert d["device"] == sshd["url"] and d["fits"][0]["models"] == 4
@@ -32,15 +27,8 @@ def test_calibrate_over_ssh_then_profile(sshd, tmp_path, capsys):  # noqa: F811
 
 
 def test_calibrate_remote_runtime_missing(sshd, tmp_path, capsys):  # noqa: F811
-    import sys
-
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "onnxruntime.py").write_text("raise ImportError('No module named onnxruntime')\n")
-    wrapper = tmp_path / "python-without-ort"
-    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={blocker} exec {sys.executable} \"$@\"\n")
-    wrapper.chmod(0o755)
-    args = _ssh_args(sshd)
+    wrapper = python_without_onnxruntime(tmp_path)
+    args = ssh_cli_args(sshd)
     args[args.index("--remote-python") + 1] = str(wrapper)
     out = tmp_path / "remote.toml"
     argv = ["calibrate", sshd["url"], "-o", str(out), "--kernels", "add", "--per-kernel", "1", "--json", *args]

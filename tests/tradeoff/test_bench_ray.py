@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import one_error_line, run_cli
+from conftest import one_error_line, run_cli, ssh_cli_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from ray_sweep import LocalCluster, model_specs, photos
@@ -116,13 +116,6 @@ def cluster(sshd):
         yield c
 
 
-def _ssh_args(sshd) -> list[str]:
-    args = ["--identity", sshd["opts"]["identity"], "--remote-python", sshd["opts"]["python"]]
-    for option in sshd["opts"]["options"]:
-        args += ["--ssh-option", option]
-    return args
-
-
 @pytest.mark.slow  # 8 exports in one process, then the same 8 on the cluster: minutes on 2 shared cores
 def test_cluster_rows_equal_single_process_rows(cluster, sshd, data, tmp_path, capsys):
     from edgerep.tradeoff.run import run_bench
@@ -133,7 +126,7 @@ def test_cluster_rows_equal_single_process_rows(cluster, sshd, data, tmp_path, c
     code, stdout, err = run_cli(
         capsys, "bench", *model_specs(), "--target", "onnx,tflite", "--precision", "fp32,int8",
         "--device", f"host,{sshd['url']},pixel4", "--images", str(data["images"]), "--calib", str(data["calib"]),
-        "-o", str(out), "--ray", cluster.address, "--json", *_ssh_args(sshd))
+        "-o", str(out), "--ray", cluster.address, "--json", *ssh_cli_args(sshd))
     assert code == 0, err
     rows = json.loads(stdout)
     assert sorted(p.name for p in out.glob("tradeoff.*")) == ["tradeoff.csv", "tradeoff.json", "tradeoff.md",
