@@ -7,6 +7,7 @@ shipped model and photos in both cases.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import BadInputError
@@ -33,3 +34,14 @@ def shipped_file(rel: str) -> Path:
             " or pass the model/images explicitly"
         )
     return path
+
+
+def cache_dir() -> Path:
+    """Where edgerep caches what it builds (aarch64 Python, trained models).
+
+    ``$EDGEREP_CACHE``, else ``$XDG_CACHE_HOME/edgerep``, else ``~/.cache/edgerep``.
+    """
+    if os.environ.get("EDGEREP_CACHE"):
+        return Path(os.environ["EDGEREP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edgerep"

@@ -2,7 +2,11 @@
 
 This is how edgerep's embedded default (``edgerep/data/models/``) was made; the defaults are its recipe:
 
-    python examples/train_cifar10.py --model repghostnet_050 --threads 1
+    python examples/train_cifar10.py --model repghostnet_050 --epochs 8 --threads 1 --out-dir edgerep/data/models
+
+Other models go to edgerep's cache (``~/.cache/edgerep/models``; ``$EDGEREP_CACHE`` moves it), which is where
+``bench/int8_accuracy.py`` looks for them. The state after each epoch is kept beside the output
+(``<model>_cifar10.resume.pt``), so an interrupted run continues from its last finished epoch with the same command.
 
 (``--threads 1`` because the 2 shared cores were oversubscribed: two intra-op threads then wait on
 each other and ran a step 3-10x slower than one thread; on an idle machine use 2.)
@@ -11,7 +15,8 @@ each other and ran a step 3-10x slower than one thread; on an idle machine use 2
 warm-up then cosine decay, label smoothing. The whole training set is decoded once into a uint8 tensor
 (40k x 3 x 32 x 32 = 120 MB), so an epoch is pure compute. ImageNet-shaped networks keep their strides:
 with a 32x32 input a stride-32 network ends on a 1x1 feature map, which costs accuracy but keeps the
-architecture identical to the one users deploy. Values are stored in fp16 to keep the file small; the
+architecture identical to the one users deploy. Training runs in channels-last memory format (13% faster per
+step for RepVGG-A0 on one thread here, 2026-12-07). Values are stored in fp16 to keep the file small; the
 reported top-1 is measured with those fp16-rounded weights (the file as shipped).
 """
 
@@ -21,6 +26,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -29,12 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgerep.checkpoints.load import save_checkpoint, sha256_file
+from edgerep.checkpoints.load import save_checkpoint
+from edgerep.fileio import atomic_path, sha256_path, write_json
 from edgerep.images import Preprocess, list_images, load_images, normalize
+from edgerep.resources import cache_dir
 from edgerep.zoo import create_model
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = REPO.parent / "shared/data/cifar10"
+SHARED_CIFAR = Path(os.environ.get("EDGEREP_SHARED", REPO.parent / "shared")) / "data/cifar10"
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 PAD = 4
@@ -46,7 +54,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=SHARED_CIFAR / "train", help="train folder")
     p.add_argument("--test", type=Path, default=SHARED_CIFAR / "test", help="test folder")
     p.add_argument("--shipped", type=Path, default=REPO / "edgerep/data/cifar10/test", help="shipped test images")
-    p.add_argument("--out-dir", type=Path, default=REPO / "edgerep/data/models")
+    p.add_argument("--out-dir", type=Path, default=cache_dir() / "models", help="default: %(default)s")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.2, help="peak learning rate (after warm-up)")
@@ -120,6 +128,35 @@ def save(path: Path, model: nn.Module, name: str, meta: dict) -> None:
     save_checkpoint(path, half, model=name, form="train", num_classes=meta["num_classes"], extra=meta)
 
 
+RESUMED_ARGS = ("model", "data", "epochs", "batch_size", "lr", "warmup_epochs", "weight_decay", "label_smoothing",
+                "seed", "limit")
+
+
+def keep_state(path: Path, args: dict, model: nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+               history: list[dict]) -> None:
+    """Everything needed to continue after the last finished epoch, written atomically."""
+    state = {"args": json.dumps({k: str(args[k]) for k in RESUMED_ARGS}), "history": json.dumps(history),
+             "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def resume(path: Path, args: dict, model: nn.Module, opt: torch.optim.Optimizer,
+           gen: torch.Generator) -> list[dict]:
+    """The finished epochs' history from ``path`` when it holds a run of the same recipe, else a fresh start."""
+    if not path.exists():
+        return []
+    state = torch.load(path, weights_only=True)
+    if json.loads(state["args"]) != {k: str(args[k]) for k in RESUMED_ARGS}:
+        raise SystemExit(f"{path} holds a run with other settings; delete it to start over")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["generator"])
+    history = json.loads(state["history"])
+    print(f"resuming after epoch {len(history)} from {path}", flush=True)
+    return history
+
+
 def _shown(path: Path) -> str:
     """A path as recorded in the recipe: relative to the repository when inside it."""
     p = path.resolve()
@@ -144,7 +181,7 @@ def main() -> None:
         raise SystemExit(f"class folders differ: train {classes}, test {test_classes}, shipped {ship_classes}")
     t_loaded = time.perf_counter()
 
-    model = create_model(args.model, num_classes=len(classes))
+    model = create_model(args.model, num_classes=len(classes)).to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in model.parameters())
     opt = make_optimizer(model, args.lr, args.weight_decay)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -154,8 +191,12 @@ def main() -> None:
     print(f"{args.model}: {n_params / 1e6:.2f} M parameters, {len(x_train)} train images, "
           f"{args.epochs} epochs x {steps_per_epoch} steps, {args.threads} threads", flush=True)
 
-    history, step = [], 0
-    for epoch in range(args.epochs):
+    stem = f"{args.model}_cifar10"
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    resume_path = args.out_dir / f"{stem}.resume.pt"
+    history = resume(resume_path, vars(args), model, opt, gen)
+    step = len(history) * steps_per_epoch
+    for epoch in range(len(history), args.epochs):
         model.train()
         t0, loss_sum, correct = time.perf_counter(), 0.0, 0
         order = torch.randperm(len(x_train), generator=gen)
@@ -176,6 +217,7 @@ def main() -> None:
         row = {"epoch": epoch + 1, "loss": loss_sum / len(x_train), "train_top1": correct / len(x_train),
                "test_top1": acc, "seconds": time.perf_counter() - t0}
         history.append(row)
+        keep_state(resume_path, vars(args), model, opt, gen, history)
         print(f"epoch {epoch + 1}/{args.epochs}  loss {row['loss']:.3f}  train top-1 {row['train_top1']:.3f}  "
               f"test top-1 {acc:.4f}  {row['seconds']:.0f} s", flush=True)
     t_trained = time.perf_counter()
@@ -186,8 +228,6 @@ def main() -> None:
     test_fp32, ship_fp32 = top1(model, x_test, y_test, pre), top1(model, x_ship, y_ship, pre)
     test_fp16, ship_fp16 = top1(shipped_model, x_test, y_test, pre), top1(shipped_model, x_ship, y_ship, pre)
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.model}_cifar10"
     meta = {
         "num_classes": len(classes), "input_size": [3, 32, 32], "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD),
         "crop_pct": 1.0, "labels": classes, "dtype": "float16", "trained_by": "examples/train_cifar10.py",
@@ -198,7 +238,7 @@ def main() -> None:
     recipe = {
         "model": args.model, "form": "train", "parameters": n_params, "checkpoint": f"{stem}.pt",
         "checkpoint_bytes": (args.out_dir / f"{stem}.pt").stat().st_size,
-        "checkpoint_sha256": sha256_file(args.out_dir / f"{stem}.pt"),
+        "checkpoint_sha256": sha256_path(args.out_dir / f"{stem}.pt"),
         "values": "float16 (floating tensors); accuracy below measured with these rounded values",
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "warmup_epochs": args.warmup_epochs,
         "schedule": "linear warm-up then cosine to 0, per step", "optimizer": "SGD momentum 0.9 nesterov",
@@ -217,7 +257,8 @@ def main() -> None:
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "cpu_threads": args.threads},
     }
-    (args.out_dir / f"{stem}.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    write_json(args.out_dir / f"{stem}.json", recipe)
+    resume_path.unlink(missing_ok=True)
     print(f"saved {args.out_dir / stem}.pt ({recipe['checkpoint_bytes'] / 1e6:.2f} MB)  top-1: test ({len(x_test)}) "
           f"{test_fp16:.4f} (fp32 {test_fp32:.4f}), shipped ({len(x_ship)}) {ship_fp16:.4f}  "
           f"total {recipe['wall_seconds']['total']:.0f} s", flush=True)

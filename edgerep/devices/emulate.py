@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
+from ..resources import cache_dir
 from .result import DeviceError, check_runner_result
 
 RUNNER = Path(__file__).with_name("remote_runner.py")
@@ -96,14 +97,6 @@ class ArchComparison:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def cache_dir() -> Path:
-    """``$EDGEREP_CACHE``, else ``$XDG_CACHE_HOME/edgerep``, else ``~/.cache/edgerep``."""
-    if os.environ.get("EDGEREP_CACHE"):
-        return Path(os.environ["EDGEREP_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgerep"
 
 
 def emulation_problem() -> str | None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgerep.cli import main as cli_main
+from edgerep import resources
 from edgerep.devices import emulate
 from edgerep.errors import BadInputError
 
@@ -51,10 +52,10 @@ def test_other_host_architectures(monkeypatch):
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEREP_CACHE", str(tmp_path / "c"))
-    assert emulate.cache_dir() == tmp_path / "c"
+    assert resources.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("EDGEREP_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert emulate.cache_dir() == tmp_path / "x" / "edgerep"
+    assert resources.cache_dir() == tmp_path / "x" / "edgerep"
 
 
 def test_validate_refuses_unrunnable_inputs(tmp_path, capsys):
