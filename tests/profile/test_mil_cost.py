@@ -175,3 +175,13 @@ def test_tradeoff_coreml_rows_predicted_on_profiles_not_on_host(small, tmp_path)
     phone = [r for r in rows if r.device == "iphone12pro"]
     assert all(r.latency_ms is None and "cannot be measured here" in r.status for r in host)
     assert all(r.latency_kind == "predicted" and r.latency_ms > 0 for r in phone)
+
+
+@pytest.mark.slow  # export, validate and evaluate the shipped model through Core ML: about a minute here
+def test_bench_coreml_rows(tmp_path, capsys):
+    assert main(["bench", "--target", "coreml", "--precision", "fp16", "--device", "host,iphone12pro",
+                 "-o", str(tmp_path), "--json"]) == 0
+    rows = {r["device"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["iphone12pro"]["latency_kind"] == "predicted" and rows["iphone12pro"]["latency_ms"] > 0
+    assert rows["iphone12pro"]["status"] == "ok" and rows["iphone12pro"]["top1"] is not None
+    assert rows["host"]["latency_ms"] is None and "cannot be measured here" in rows["host"]["status"]
