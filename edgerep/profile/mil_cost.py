@@ -55,9 +55,9 @@ CPU_NOTE = ("Core ML graph costed from its MIL program and predicted as CPU exec
 
 def mil_cost(path: Path) -> GraphCost:
     """The per-layer cost of the ML Program saved at ``path``; an unreadable package is a one-line BadInputError."""
+    function = _load(path)
     from coremltools.converters.mil.mil import types
 
-    function = _load(path)
     consumers: dict[str, list] = {}
     for op in function.operations:
         for var in _vars(op):
@@ -126,12 +126,11 @@ def mil_cost(path: Path) -> GraphCost:
 
 def _load(path: Path):
     """The ``main`` function of the package's ML Program; anything unreadable is one line naming the package."""
-    require("coremltools", "coreml")
-    from ..backends.mil_eval import program_of
-
     if not path.exists():
         raise BadInputError(f"Core ML package {path} does not exist; give an .mlpackage folder")
     ct = require("coremltools", "coreml")
+    from ..backends.mil_eval import program_of
+
     try:
         mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
         kind = mlmodel.get_spec().WhichOneof("Type")

@@ -36,7 +36,8 @@ def latency(artifact: str | Path, device: str, threads: int = 1, precision: str 
 
     ``ssh`` (``devices.ssh.SshOptions``) says how to reach an ``ssh://`` device (key, remote Python).
     ``precision`` is the export's label (``fp16``, ``w8``, ``palettize4``...); a prediction uses what the graph
-    itself computes in instead (a TFLite fp16 file computes in fp32, a palettized Core ML program in fp16).
+    itself computes in instead (a TFLite fp16 file computes in fp32, a palettized Core ML program in fp16) and
+    says so when the two differ.
     """
     path = Path(artifact)
     if is_host(device):
@@ -53,5 +54,7 @@ def latency(artifact: str | Path, device: str, threads: int = 1, precision: str 
 
     pred = predict(graph_cost(path), get_profile(device), threads)
     notes = [pred.basis, *pred.notes]
+    if precision and precision != pred.precision:
+        notes.append(f"exported as {precision}; the graph computes in {pred.precision}")
     return Latency(pred.ms, None, "predicted", device, "roofline model", threads, notes, pred.to_dict())
 

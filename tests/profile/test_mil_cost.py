@@ -16,16 +16,16 @@ from torch import nn
 
 pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgerep[coreml]')")
 
-from edgerep.backends.base import ExportRequest  # noqa: E402
-from edgerep.backends.coreml import BACKEND as COREML  # noqa: E402
-from edgerep.backends.onnx import BACKEND as ONNX  # noqa: E402
-from edgerep.cli import main  # noqa: E402
-from edgerep.errors import BadInputError  # noqa: E402
-from edgerep.profile import get_profile, graph_cost, predict  # noqa: E402
-from edgerep.proof.metrics import count_macs  # noqa: E402
-from edgerep.proof.numerics import randomize_bn  # noqa: E402
-from edgerep.reparam import reparameterize  # noqa: E402
-from edgerep.zoo import create_model  # noqa: E402
+from edgerep.backends.base import ExportRequest
+from edgerep.backends.coreml import BACKEND as COREML
+from edgerep.backends.onnx import BACKEND as ONNX
+from edgerep.cli import main
+from edgerep.errors import BadInputError
+from edgerep.profile import get_profile, graph_cost, predict
+from edgerep.proof.metrics import count_macs
+from edgerep.proof.numerics import randomize_bn
+from edgerep.reparam import reparameterize
+from edgerep.zoo import create_model
 
 SHAPE = (1, 3, 32, 32)
 PRECISIONS = ("fp32", "fp16", "int8", "w8", "palettize8")
@@ -122,12 +122,16 @@ def test_zoo_deploy_models_cost_like_pytorch_and_onnx(name, tmp_path):
         assert _close(cost.macs, torch_macs) and _close(cost.macs, onnx_macs), precision
 
 
-def test_corrupted_package_is_one_line(small, tmp_path):
+@pytest.mark.parametrize(("damage", "message"), [
+    ("model.mlmodel", "not a readable Core ML package"),  # the program's protobuf
+    ("weight.bin", "its MIL program cannot be read"),  # the weights, cut short
+])
+def test_corrupted_package_is_one_line(small, tmp_path, damage, message):
     broken = tmp_path / "broken.mlpackage"
-    shutil.copytree(small[1]["fp32"], broken)
-    for spec in broken.rglob("model.mlmodel"):
-        spec.write_bytes(b"not a protobuf")
-    with pytest.raises(BadInputError, match="not a readable Core ML package") as err:
+    shutil.copytree(small[1]["int8"], broken)
+    [part] = broken.rglob(damage)
+    part.write_bytes(part.read_bytes()[:64])
+    with pytest.raises(BadInputError, match=message) as err:
         graph_cost(broken)
     assert "\n" not in str(err.value)
     with pytest.raises(BadInputError, match="does not exist"):
@@ -185,3 +189,21 @@ def test_bench_coreml_rows(tmp_path, capsys):
     assert rows["iphone12pro"]["latency_kind"] == "predicted" and rows["iphone12pro"]["latency_ms"] > 0
     assert rows["iphone12pro"]["status"] == "ok" and rows["iphone12pro"]["top1"] is not None
     assert rows["host"]["latency_ms"] is None and "cannot be measured here" in rows["host"]["status"]
+
+
+def test_unknown_op_is_named_not_a_silent_zero(tmp_path):
+    import coremltools as ct
+    import numpy as np
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 8, 8))], opset_version=ct.target.iOS16)
+    def prog(x):
+        y = mb.conv_transpose(x=x, weight=np.ones((4, 4, 3, 3), np.float32), name="up")
+        return mb.relu(x=y, name="act")
+
+    path = tmp_path / "up.mlpackage"
+    ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+               compute_precision=ct.precision.FLOAT32).save(str(path))
+    cost = graph_cost(path)
+    assert cost.partial and len(cost.uncosted) == 1 and cost.uncosted[0].endswith("(conv_transpose)")
+    assert any("PARTIAL" in n for n in predict(cost, get_profile("iphone12pro"), 1).notes)
