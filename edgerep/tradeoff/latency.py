@@ -52,9 +52,11 @@ def latency(artifact: str | Path, device: str, threads: int = 1, precision: str 
                        [r.error] if r.error else [], r.to_dict())
     from ..profile import get_profile, graph_cost, predict
 
-    pred = predict(graph_cost(path), get_profile(device), threads)
+    cost = graph_cost(path)
+    pred = predict(cost, get_profile(device), threads)
     notes = [pred.basis, *pred.notes]
     if precision and precision != pred.precision:
         notes.append(f"exported as {precision}; the graph computes in {pred.precision}")
-    return Latency(pred.ms, None, "predicted", device, "roofline model", threads, notes, pred.to_dict())
+    runtime = "roofline model (Core ML graph as CPU)" if cost.format == "coreml" else "roofline model"
+    return Latency(pred.ms, None, "predicted", device, runtime, threads, notes, pred.to_dict())
 
