@@ -209,3 +209,15 @@ def test_unknown_op_is_named_not_a_silent_zero(tmp_path):
     cost = graph_cost(path)
     assert cost.partial and len(cost.uncosted) == 1 and cost.uncosted[0].endswith("(conv_transpose)")
     assert any("PARTIAL" in n for n in predict(cost, get_profile("iphone12pro"), 1).notes)
+
+
+def test_device_file_kernel_tables_refuse_core_ml(small, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import edgerep.profile.calibrate as calibrate
+
+    monkeypatch.setattr(calibrate, "is_device_file", lambda device: device == "phone.toml")
+    monkeypatch.setattr(calibrate, "load_device_file", lambda device: SimpleNamespace(runtime="onnxruntime"))
+    assert main(["profile", str(small[1]["fp32"]), "--device", "phone.toml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "onnxruntime kernel timings" in err and "iphone12pro" in err
