@@ -77,7 +77,7 @@ def mil_cost(path: Path) -> GraphCost:
                 layers.append(LayerCost(op.name, t, "free", kernel="free"))
             continue
         acts = [v for v in ins if v.name not in const and _is_tensor(v, types)]
-        weights = [v for v in ins if v.name in const and _is_tensor(v, types) and v.name in stored]
+        weights = [v for v in ins if v.name in const]
         out = op.outputs[0]
         src = acts[0].op if acts else None
         kind, kernel = _kind(op, src, consumers)
@@ -111,7 +111,7 @@ def mil_cost(path: Path) -> GraphCost:
             computes_fp16 = True
         act_bytes = sum(_nbytes(v, types) for v in acts) + sum(_nbytes(v, types) for v in op.outputs
                                                                 if _is_tensor(v, types))
-        w_bytes = sum(stored[v.name] for v in weights)
+        w_bytes = sum(stored[v.name] for v in weights)  # 0 for scalar parameters (strides, axes...)
         layers.append(LayerCost(op.name, t, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
                                 kernel))
     inputs = list(function.inputs.values())

@@ -29,6 +29,9 @@ from edgerep.zoo import create_model
 
 SHAPE = (1, 3, 32, 32)
 PRECISIONS = ("fp32", "fp16", "int8", "w8", "palettize8")
+IOS18 = {"minimum_deployment_target": "iOS18"}
+VARIANTS = {p: (p, {}) for p in PRECISIONS} | {"int8_ios18": ("int8", IOS18), "palettize4": ("palettize4", IOS18)}
+"""Name -> (precision, options): iOS18 int8 weights are constexpr_blockwise_shift_scale, 4-bit palettes grouped."""
 
 
 class SE(nn.Module):
@@ -60,9 +63,9 @@ def zoo_net(name: str) -> nn.Module:
     return reparameterize(model).eval()
 
 
-def _export(model: nn.Module, backend, precision: str, path: Path) -> Path:
+def _export(model: nn.Module, backend, precision: str, path: Path, options: dict | None = None) -> Path:
     calibration = torch.randn(4, *SHAPE[1:]) if precision == "int8" else None
-    backend.export(model, ExportRequest(SHAPE, precision, calibration=calibration), path)
+    backend.export(model, ExportRequest(SHAPE, precision, calibration=calibration, options=options or {}), path)
     return path
 
 
@@ -73,14 +76,15 @@ def _close(a: int, b: int) -> bool:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> tuple[nn.Module, dict[str, Path], Path]:
     model, folder = small_net(), tmp_path_factory.mktemp("mil")
-    packages = {p: _export(model, COREML, p, folder / f"{p}.mlpackage") for p in PRECISIONS}
+    packages = {v: _export(model, COREML, p, folder / f"{v}.mlpackage", o) for v, (p, o) in VARIANTS.items()}
     return model, packages, _export(model, ONNX, "fp32", folder / "small.onnx")
 
 
-@pytest.mark.parametrize("precision", PRECISIONS)
-def test_small_net_costs_like_pytorch_and_onnx(small, precision):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_small_net_costs_like_pytorch_and_onnx(small, variant):
     model, packages, onnx = small
-    cost = graph_cost(packages[precision])
+    precision = VARIANTS[variant][0]
+    cost = graph_cost(packages[variant])
     assert cost.format == "coreml" and cost.input_shape == SHAPE
     assert not cost.partial, cost.uncosted
     assert cost.macs == count_macs(model, SHAPE[1:])
@@ -104,8 +108,12 @@ def test_weights_count_their_stored_bytes(small):
 
     fp32, fp16 = big_conv("fp32").weight_bytes, big_conv("fp16").weight_bytes
     assert fp32 >= 4 * 36864 and fp16 >= 2 * 36864
-    for compressed in ("w8", "int8", "palettize8"):  # 1 byte per weight plus scales / a 256-entry palette
-        assert 36864 <= big_conv(compressed).weight_bytes < 0.6 * fp16, compressed
+    for compressed, bits in (("w8", 8), ("int8", 8), ("int8_ios18", 8), ("palettize8", 8), ("palettize4", 4)):
+        # nbits per weight plus the scales or palettes
+        assert 36864 * bits / 8 <= big_conv(compressed).weight_bytes < (bits / 16 + 0.1) * fp16, compressed
+    ops = {v: {lc.op for lc in graph_cost(packages[v]).layers} for v in ("int8", "int8_ios18", "palettize4")}
+    assert "constexpr_affine_dequantize" in ops["int8"] and "constexpr_blockwise_shift_scale" in ops["int8_ios18"]
+    assert "constexpr_lut_to_dense" in ops["palettize4"]
     fp16_act = big_conv("fp16").act_bytes
     assert big_conv("fp32").act_bytes == 2 * fp16_act  # activations in their MIL dtype
 
