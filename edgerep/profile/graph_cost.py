@@ -2,7 +2,7 @@
 from the file alone (Core ML: ``mil_cost.py``, from the package's MIL program).
 
 This is what the latency predictors run on, so it must be right on any user's file, not only edgerep's exports.
-Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for both formats:
+Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for every format:
 
 - every shape is resolved statically (``onnx_shapes.resolve``: shape inference plus folding of shape
   sub-graphs); an op that must be costed but whose shape stays unknown is a BadInputError naming it, and an op
