@@ -118,7 +118,15 @@ def test_weights_count_their_stored_bytes(small):
     assert big_conv("fp32").act_bytes == 2 * fp16_act  # activations in their MIL dtype
 
 
-@pytest.mark.slow  # a zoo model in five precisions: about a minute of conversion here
+def test_repvgg_deploy_model_costs_like_pytorch_and_onnx(tmp_path):
+    model = zoo_net("repvgg_a0_narrow")
+    cost = graph_cost(_export(model, COREML, "fp16", tmp_path / "m.mlpackage"))
+    assert not cost.partial and cost.precision == "fp16"
+    assert cost.macs == count_macs(model, SHAPE[1:])
+    assert _close(cost.macs, graph_cost(_export(model, ONNX, "fp32", tmp_path / "m.onnx")).macs)
+
+
+@pytest.mark.slow  # two zoo models in four precisions: about two minutes of conversion and calibration here
 @pytest.mark.parametrize("name", ["repghostnet_050", "repvgg_a0_narrow"])
 def test_zoo_deploy_models_cost_like_pytorch_and_onnx(name, tmp_path):
     model = zoo_net(name)
