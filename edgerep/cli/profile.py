@@ -43,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="latency of an .onnx / .tflite file: measured on this host, or predicted for a phone profile",
         description="Measure an ONNX or TFLite file's latency on this machine with its own runtime, or predict it "
         "for a device profile (Pixel 1/3/4/7, Galaxy S23, iPhone 12 Pro CPU, Raspberry Pi 4/5) from its "
-        "per-layer cost. Works on any ONNX or TFLite file, not only edgerep's exports.",
+        "per-layer cost. Works on any ONNX or TFLite file, not only edgerep's exports; a Core ML .mlpackage is "
+        "predicted (as CPU execution) from its MIL program.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
