@@ -1,7 +1,8 @@
-"""Per-layer cost of an exported graph (ONNX or TFLite): op kind, kernel, MACs and bytes moved, from the file alone.
+"""Per-layer cost of an exported graph (ONNX, TFLite or a Core ML ML Program): op kind, kernel, MACs and bytes moved,
+from the file alone (Core ML: ``mil_cost.py``, from the package's MIL program).
 
 This is what the latency predictors run on, so it must be right on any user's file, not only edgerep's exports.
-Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for both formats:
+Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for every format:
 
 - every shape is resolved statically (``onnx_shapes.resolve``: shape inference plus folding of shape
   sub-graphs); an op that must be costed but whose shape stays unknown is a BadInputError naming it, and an op
@@ -57,7 +58,8 @@ class LayerCost:
 
 @dataclass
 class GraphCost:
-    """Every op of a graph with its cost; ``precision`` is the compute precision (``fp32`` or ``int8``)."""
+    """Every op of a graph with its cost; ``precision`` is the compute precision (``fp32``, ``int8``, or ``fp16``
+    for a Core ML program)."""
 
     source: str
     format: str
@@ -66,6 +68,8 @@ class GraphCost:
     layers: list[LayerCost] = field(default_factory=list)
     uncosted: list[str] = field(default_factory=list)
     """Ops of a type no cost table knows (name and op): their time is missing, so the total is partial."""
+    notes: list[str] = field(default_factory=list)
+    """What a prediction from this cost must say about it (e.g. how a Core ML program is assumed to run)."""
 
     @property
     def partial(self) -> bool:
@@ -93,24 +97,26 @@ class GraphCost:
             "source": self.source, "format": self.format, "precision": self.precision,
             "input_shape": list(self.input_shape), "macs": self.macs, "ops": len(self.costed),
             "by_kind": self.by_kind(), "partial": self.partial,
-            "uncosted": self.uncosted, "layers": [asdict(layer) for layer in self.layers],
+            "uncosted": self.uncosted, "notes": self.notes, "layers": [asdict(layer) for layer in self.layers],
         }
 
 
 def graph_cost(path: str | Path) -> GraphCost:
-    """The per-layer cost of an ``.onnx`` or ``.tflite`` file; any other suffix is a one-line BadInputError."""
+    """The per-layer cost of an ``.onnx``, ``.tflite`` or ``.mlpackage``; any other suffix is a one-line
+    BadInputError."""
     path = Path(path)
     if path.suffix in (".mlpackage", ".mlmodel"):
-        raise BadInputError(f"{path.name}: Core ML graphs are not costed (Core ML runs only on macOS); "
-                            "give the model's .onnx or .tflite artifact")
+        from .mil_cost import mil_cost
+
+        return mil_cost(path)
     if not path.is_file():
-        raise BadInputError(f"artifact {path} does not exist; give an .onnx or .tflite file")
+        raise BadInputError(f"artifact {path} does not exist; give an .onnx, .tflite or .mlpackage file")
     if path.suffix == ".onnx":
         return _onnx_cost(path)
     if path.suffix == ".tflite":
         return _tflite_cost(path)
     kind = path.suffix or "suffix-less"
-    raise BadInputError(f"{path}: cannot read the graph of a {kind} file; give .onnx or .tflite")
+    raise BadInputError(f"{path}: cannot read the graph of a {kind} file; give .onnx, .tflite or .mlpackage")
 
 
 def classify_conv(groups: int, cin: int, cout: int, kernel: tuple[int, ...]) -> str:
