@@ -48,6 +48,7 @@ from torch import nn
 from edgerep.backends import ExportRequest, get_backend
 from edgerep.checkpoints.load import load_model
 from edgerep.defaults import DEFAULT_MODEL, default_images_dir, default_model_path, default_preprocess
+from edgerep.errors import EdgerepError
 from edgerep.export.manifest import tool_versions
 from edgerep.images import Preprocess, list_images, load_images
 from edgerep.profile.cpu import describe_cpu
@@ -159,11 +160,13 @@ def make_case(name: str, size: int, n_images: int, seed: int = 0) -> Case:
 
 
 def build_artifacts(case: Case, runtimes: Sequence[str], workdir: Path, say: Callable[[str], None],
-                    deploy_only: bool = False) -> list[Artifact]:
+                    deploy_only: bool = False, failed: dict[str, str] | None = None) -> list[Artifact]:
     """Export everything ``runtimes`` can run (timing each export); torch artifacts are the modules themselves.
 
-    ``deploy_only``: just edgerep's deploy-form fp32 and int8 artifacts (the int8 speed-up question).
+    ``deploy_only``: just edgerep's deploy-form fp32 and int8 artifacts (the int8 speed-up question). An export
+    that fails is left out and its error put in ``failed``.
     """
+    failed = {} if failed is None else failed
     shape = (1, 3, case.size, case.size)
     arts: list[Artifact] = []
     if "torch" in runtimes:
@@ -194,9 +197,14 @@ def build_artifacts(case: Case, runtimes: Sequence[str], workdir: Path, say: Cal
         art.file = workdir / f"{form}-{precision}-{via}{'.onnx' if runtime == 'onnxruntime' else '.tflite'}"
         say(f"  exporting {art.key}")
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
-            write(art.file)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning))
+                write(art.file)
+        except EdgerepError as exc:  # e.g. a layer one converter cannot take: the other artifacts are still timed
+            say(f"  {art.key} failed: {str(exc)[:300]}")
+            failed[art.key] = str(exc)
+            continue
         art.export_seconds = round(time.perf_counter() - t0, 2)
         art.size_bytes = art.file.stat().st_size
         if runtime == "onnxruntime":
@@ -308,7 +316,8 @@ def bench_case(
     with torch.inference_mode():
         ref = case.deploy(torch.from_numpy(x))
     with tempfile.TemporaryDirectory(prefix="edgerep-bench-export-") as tmp:
-        arts = build_artifacts(case, runtimes, Path(tmp), say, deploy_only)
+        failed: dict[str, str] = {}
+        arts = build_artifacts(case, runtimes, Path(tmp), say, deploy_only, failed)
         rows = {a.key: _row(a, x, ref) for a in arts}
         groups = {}
         try:
@@ -337,6 +346,7 @@ def bench_case(
         "weights": case.weights,
         "calibration_images": len(case.images),
         "artifacts": list(rows.values()),
+        "failed_exports": failed,
         "threads": groups,
     }
 

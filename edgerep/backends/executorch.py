@@ -102,6 +102,7 @@ def _quantize(model: nn.Module, example: Tensor, request: ExportRequest) -> tupl
         get_symmetric_quantization_config,
     )
     from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantizer import get_module_name_filter
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     calib = check_calibration(request.calibration, request.input_shape, "executorch")
@@ -110,8 +111,10 @@ def _quantize(model: nn.Module, example: Tensor, request: ExportRequest) -> tupl
     if len(calib) < batch:
         raise BadInputError(f"int8 calibration needs at least {batch} images (the model's batch); got {len(calib)}")
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    for layer in record["keep_fp"]:  # int8_budget / keep_fp layers stay float (XNNPACK runs them in fp32)
-        quantizer.set_module_name(layer, None)
+    if record["keep_fp"]:  # int8_budget / keep_fp layers stay float (XNNPACK runs them in fp32)
+        # XNNPACKQuantizer refuses set_module_name(name, None); a node filter leaves the layers unannotated
+        in_float = [get_module_name_filter(layer) for layer in record["keep_fp"]]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in in_float))
     graph = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
     graph = move_exported_model_to_eval(graph)
     with torch.no_grad():
