@@ -33,7 +33,7 @@ from .kernel_suite import KERNELS, KernelSpec, build_onnx, sample_specs
 from .kernel_table import KernelTable, fit_table, table_from_rows, table_to_rows
 
 PRECISIONS = ("fp32", "int8")
-FORMAT = 1
+FORMAT = 2
 """Device-file layout version: a file with another one is refused (re-run ``edgerep calibrate``)."""
 
 
@@ -230,7 +230,8 @@ def _device_toml(name: str, device: str, runtime: str, machine: dict, tables: li
     ]
     for t in tables:
         lines += ["", "[[fits]]", f"precision = {_toml_value(t.precision)}", f"threads = {t.threads}",
-                  f"call_us = {t.call_us:.6g}", f"models = {t.models}", f"median_abs_error = {t.median_abs_error}"]
+                  f"call_us = {t.call_us:.6g}", f"io_us_per_melem = {t.io_us_per_melem:.6g}", f"models = {t.models}",
+                  f"median_abs_error = {t.median_abs_error}"]
     for t in tables:
         for row in table_to_rows(t):
             lines += ["", "[[kernels]]"] + [f"{k} = {_toml_value(v)}" for k, v in row.items()]

@@ -13,6 +13,8 @@ Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rule
 - ``bytes``: activations read and written plus weights read, in the dtype the runtime computes in (a
   quantized ONNX QDQ graph holds float tensors between its Q/DQ pairs, but runtimes fuse them into int8 kernels,
   so its tensors count 1 byte per element).
+- ``positions``: output pixels of a depthwise conv (x groups for a grouped conv): per-pixel and per-group work
+  that MACs and bytes do not capture.
 - ``kernel``: what the runtime executes, e.g. ``depthwise3x3s2``, ``pointwise``, ``act:hardswish``, ``mul``,
   ``pool:global``, ``copy:concat``, ``requant``: the key of a calibrated device's per-kernel regressors.
 - kind ``fused``: work a runtime folds into the kernel before it (BatchNorm, a bias add, ReLU/clip and - in
@@ -49,6 +51,10 @@ class LayerCost:
     act_bytes: int = 0
     out_shape: tuple[int, ...] = ()
     kernel: str = ""
+    positions: int = 0
+    """Depthwise convs: output pixels; grouped convs: output pixels times groups. Runtimes pay per output pixel
+    (im2col / indirection, packing) and per group (one small GEMM each) on top of the MACs: a 4-channel depthwise
+    or a narrow-group conv costs far more per MAC than a wide one."""
 
     @property
     def bytes(self) -> int:
@@ -66,6 +72,9 @@ class GraphCost:
     layers: list[LayerCost] = field(default_factory=list)
     uncosted: list[str] = field(default_factory=list)
     """Ops of a type no cost table knows (name and op): their time is missing, so the total is partial."""
+    io_elements: int = 0
+    """Elements of the graph's inputs and outputs: copied in and out once per run (and, in a runtime with its own
+    layout, reordered there), a per-model cost no layer accounts for."""
 
     @property
     def partial(self) -> bool:
@@ -91,7 +100,8 @@ class GraphCost:
     def to_dict(self) -> dict:
         return {
             "source": self.source, "format": self.format, "precision": self.precision,
-            "input_shape": list(self.input_shape), "macs": self.macs, "ops": len(self.costed),
+            "input_shape": list(self.input_shape), "io_elements": self.io_elements, "macs": self.macs,
+            "ops": len(self.costed),
             "by_kind": self.by_kind(), "partial": self.partial,
             "uncosted": self.uncosted, "layers": [asdict(layer) for layer in self.layers],
         }
@@ -149,9 +159,10 @@ _ONNX_FC = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "QGemm", "MatMul
 _ONNX_QUANT = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                "QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul", "QLinearConcat", "QGemm",
                "QLinearSigmoid", "QLinearAveragePool", "DynamicQuantizeLinear"}
-_CONV_FUSED_ACT = {"fp32": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}, "int8": {"Relu", "Clip"}}
-"""Activations onnxruntime fuses into the conv before it (its ConvActivationFusion; int8 QDQ keeps only ReLU /
-clip, which requantization absorbs). BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
+_CONV_FUSED_ACT = {"fp32": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"},
+                   "int8": {"Relu", "Clip"}}
+"""Activations onnxruntime fuses into the conv before it (its ConvActivationFusion and the activation of its
+blocked-layout fp32 conv, hard-swish included; int8 QDQ keeps only ReLU / clip, which requantization absorbs). BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
 _INT8_OPS = _ONNX_CONV | _ONNX_FC | {
     "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Transpose", "Squeeze",
     "Unsqueeze", "Flatten", "Resize", "Relu", "Clip", "Sigmoid", "LeakyRelu", "Softmax", "Split", "Pad", "Slice",
@@ -214,7 +225,7 @@ def _onnx_cost(path: Path) -> GraphCost:
         acts_in = [x for x in node.input if x and x not in const]
         w_in = [x for x in node.input if x and x in const]
         src = producer.get(acts_in[0]) if acts_in else None
-        kind, kernel = _onnx_kind(node, src, consumers, producer, precision)
+        kind, kernel = _onnx_kind(node, src, consumers, producer, precision, shapes)
         if kind in ("fused", "free"):
             layers.append(LayerCost(name, op, kind, kernel=kind))
             continue
@@ -225,7 +236,7 @@ def _onnx_cost(path: Path) -> GraphCost:
                                 "even after folding the shape sub-graphs; export with static shapes")
         act_bytes = sum(nbytes(x) for x in acts_in) + sum(nbytes(o) for o in node.output if o)
         w_bytes = sum(nbytes(x) for x in w_in)
-        macs, elements = 0, math.prod(out_shape)
+        macs, elements, positions = 0, math.prod(out_shape), 0
         if kind in COMPUTE_KINDS and op in _ONNX_CONV:
             w = node.input[3] if op == "QLinearConv" else node.input[1]
             wshape = shapes.get(w) or ()
@@ -235,6 +246,7 @@ def _onnx_cost(path: Path) -> GraphCost:
             stride = max(_attr(node, "strides", [1]) or [1])
             kernel = _conv_kernel(kind, k, stride, groups)
             macs = math.prod(out_shape) * math.prod(wshape[1:])
+            positions = _positions(kind, math.prod(out_shape[2:]), groups)
         elif kind == "fc":
             a = node.input[0]
             ka = shapes.get(a) or (0,)
@@ -245,12 +257,13 @@ def _onnx_cost(path: Path) -> GraphCost:
         elif kind == "unknown":
             uncosted.append(f"{name} ({op})")
         layers.append(LayerCost(name, op, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
-                                kernel))
+                                kernel, int(positions)))
     in_shape = shapes.get(first_input.name) or () if first_input is not None else ()
-    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted)
+    io = sum(numel(v.name) for v in list(graph.input) + list(graph.output) if v.name not in weights)
+    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted, io)
 
 
-def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tuple[str, str]:
+def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str, shapes: dict) -> tuple[str, str]:
     """(kind, kernel) of one ONNX node, fusions included; the conv kernel is completed by the caller."""
     op = node.op_type
     if op in _ONNX_CONV:
@@ -276,6 +289,11 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tu
             return "fused", "fused"
         if op == "Add" and len([x for x in node.input if x]) == 2 and _is_const_like(node, producer):
             return "fused", "fused"  # bias add folded into the conv / matmul
+    if precision == "fp32" and op in ("Add", "Sum") and _residual_into_conv(node, producer, consumers, shapes):
+        return "fused", "fused"
+    if (single and op in _CONV_FUSED_ACT["fp32"] and precision == "fp32" and src.op_type in ("Add", "Sum")
+            and _residual_into_conv(src, producer, consumers, shapes)):
+        return "fused", "fused"  # conv + residual add + activation: one kernel
     if op in _ONNX_ACT:
         return "activation", f"act:{_ONNX_ACT[op]}"
     if op in _ONNX_BINARY:
@@ -291,6 +309,19 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tu
     return "unknown", f"unknown:{op}"
 
 
+def _residual_into_conv(node, producer: dict, consumers: dict, shapes: dict) -> bool:
+    """A residual add onnxruntime folds into the fp32 conv producing one of its inputs (its blocked-layout conv
+    accumulates onto the other input): the conv is dense or depthwise (grouped convs run another kernel) and the
+    add is the only reader of its output."""
+    for x in node.input:
+        p = producer.get(x)
+        if p is not None and p.op_type == "Conv" and len(consumers.get(x, [])) == 1:
+            weight = shapes.get(p.input[1]) or ()
+            if _attr(p, "group", 1) == 1 or (len(weight) > 1 and weight[1] == 1):  # dense, or one channel per group
+                return True
+    return False
+
+
 def _is_const_like(node, producer: dict) -> bool:
     """One input of ``node`` is an initializer (no producer) or a Constant / DequantizeLinear of one."""
     for x in node.input[1:2] + node.input[0:1]:
@@ -298,6 +329,14 @@ def _is_const_like(node, producer: dict) -> bool:
         if p is None or p.op_type == "Constant" or (p.op_type == "DequantizeLinear" and p.input[0] not in producer):
             return True
     return False
+
+
+def _positions(kind: str, pixels: int, groups: int) -> int:
+    """Output pixels of a depthwise conv, times the groups of a grouped conv; 0 for a dense conv, whose per-pixel
+    work (im2col, packing) grows with its input channels and is already in its input bytes."""
+    if kind == "depthwise":
+        return pixels
+    return pixels * groups if groups > 1 else 0
 
 
 def _conv_kernel(kind: str, k: tuple[int, ...], stride: int, groups: int = 1) -> str:
@@ -371,7 +410,8 @@ def _tflite_cost(path: Path) -> GraphCost:
         out_shape = shape(outs[0]) if outs else ()
         act_bytes = sum(nbytes(i) for i in acts + outs)
         w_bytes = sum(nbytes(dequant_of_const.get(i, i)) for i in wts)
-        macs, elements = 0, math.prod(out_shape) if out_shape else 0
+        macs, elements, positions = 0, math.prod(out_shape) if out_shape else 0, 0
+        pixels = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1  # NHWC
         opts = op.builtinOptions
         stride = max(getattr(opts, "strideH", 1) or 1, getattr(opts, "strideW", 1) or 1)
         if code == "CONV_2D":  # weights [O, kh, kw, I/groups]
@@ -381,10 +421,12 @@ def _tflite_cost(path: Path) -> GraphCost:
             kind = classify_conv(groups, cin, w[0], w[1:3])
             kernel = _conv_kernel(kind, w[1:3], stride, groups)
             macs = math.prod(out_shape) * math.prod(w[1:])
+            positions = _positions(kind, pixels, groups)
         elif code == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, C*multiplier]
             w = shape(ins[1])
             kind, macs = "depthwise", math.prod(out_shape) * w[1] * w[2]
             kernel = _conv_kernel(kind, w[1:3], stride)
+            positions = pixels
         elif code in ("FULLY_CONNECTED", "BATCH_MATMUL"):
             kind, kernel = "fc", "fc"
             macs = math.prod(out_shape) * shape(ins[0])[-1]
@@ -404,10 +446,12 @@ def _tflite_cost(path: Path) -> GraphCost:
             kind, kernel = "unknown", f"unknown:{code}"
             uncosted.append(f"{name} ({code})")
         layers.append(LayerCost(name, code, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
-                                kernel))
+                                kernel, int(positions)))
     inp = sub.inputs[0] if sub.inputs is not None and len(sub.inputs) else -1
+    io = sum(math.prod(shape(i)) for i in list(sub.inputs if sub.inputs is not None else [])
+             + list(sub.outputs if sub.outputs is not None else []) if i >= 0)
     return GraphCost(str(path), "tflite", "int8" if quantized else "fp32", shape(inp) if inp >= 0 else (), layers,
-                     uncosted)
+                     uncosted, io)
 
 
 def _has_data(buffer) -> bool:
