@@ -20,7 +20,8 @@ Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rule
 - kind ``fused``: work a runtime folds into the kernel before it (BatchNorm, a bias add, ReLU/clip and - in
   onnxruntime - sigmoid / hard-sigmoid / tanh / leaky-ReLU after a conv; Q/DQ pairs around int8 kernels): no
   cost, no per-op overhead. Kind ``requant``: a Q/DQ pair the runtime keeps (around an op it has no int8 kernel
-  for). Kind ``free``: reshapes and shape arithmetic, which move no data.
+  for). Kind ``shape``: shape arithmetic on a symbolic dimension (TF-"same" pads of a dynamic-batch export), which
+  moves no data but is one more op launched on every run. Kind ``free``: reshapes and constant shape arithmetic.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from ..errors import BadInputError, require
 
 COMPUTE_KINDS = ("conv", "pointwise", "depthwise", "fc")
-COSTED_KINDS = COMPUTE_KINDS + ("activation", "elementwise", "pool", "data", "requant", "unknown")
+COSTED_KINDS = COMPUTE_KINDS + ("activation", "elementwise", "pool", "data", "requant", "shape", "unknown")
 KINDS = COSTED_KINDS + ("fused", "free")
 """Kinds that cost time and a kernel launch; ``fused`` and ``free`` cost nothing."""
 
@@ -207,6 +208,8 @@ def _onnx_cost(path: Path) -> GraphCost:
         if n.op_type in ("DequantizeLinear", "Cast", "Transpose", "Identity") and n.input and n.input[0] in const:
             const.update(n.output)
 
+    at_run_time = _run_time_shape_ops(model, res.folded, weights)
+
     def numel(name: str) -> int:
         return math.prod(shapes.get(name) or ())
 
@@ -219,6 +222,9 @@ def _onnx_cost(path: Path) -> GraphCost:
         op = node.op_type
         name = node.name or f"{op}_{i}"
         out = node.output[0] if node.output else ""
+        if out in at_run_time:
+            layers.append(LayerCost(name, op, "shape", kernel="shape"))
+            continue
         if out in const or op in _ONNX_FREE:
             layers.append(LayerCost(name, op, "free", kernel="free"))
             continue
@@ -244,7 +250,7 @@ def _onnx_cost(path: Path) -> GraphCost:
             k = tuple(wshape[2:])
             kind = classify_conv(groups, wshape[1] * groups, wshape[0], k)
             stride = max(_attr(node, "strides", [1]) or [1])
-            kernel = _conv_kernel(kind, k, stride, groups)
+            kernel = _conv_kernel(kind, k, stride, groups, wshape[1])
             macs = math.prod(out_shape) * math.prod(wshape[1:])
             positions = _positions(kind, math.prod(out_shape[2:]), groups)
         elif kind == "fc":
@@ -263,6 +269,21 @@ def _onnx_cost(path: Path) -> GraphCost:
     return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted, io)
 
 
+def _run_time_shape_ops(model, folded: set[str], weights: set[str]) -> set[str]:
+    """Outputs of folded shape arithmetic that a runtime still evaluates on every run: with a symbolic input
+    dimension it cannot fold ``Shape`` of anything that depends on the input, nor what is computed from it."""
+    graph = model.graph
+    symbolic = any(not (d.HasField("dim_value") and d.dim_value > 0) for i in graph.input if i.name not in weights
+                   for d in i.type.tensor_type.shape.dim)
+    if not symbolic:
+        return set()
+    dynamic = {i.name for i in graph.input if i.name not in weights}
+    for n in graph.node:  # topological order: an output is dynamic when any input is
+        if any(x in dynamic for x in n.input):
+            dynamic.update(n.output)
+    return {o for o in folded if o in dynamic}
+
+
 def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str, shapes: dict) -> tuple[str, str]:
     """(kind, kernel) of one ONNX node, fusions included; the conv kernel is completed by the caller."""
     op = node.op_type
@@ -279,6 +300,10 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str, shape
         else:
             neighbours_int8 = src is not None and src.op_type in _INT8_OPS
         return ("fused", "fused") if neighbours_int8 else ("requant", "requant")
+    if precision == "fp32" and op in ("Sigmoid", "Mul"):
+        part = _silu_part(node, producer, consumers)
+        if part:
+            return ("fused", "fused") if part == "gate" else ("activation", "act:silu")
     single = src is not None and len(consumers.get(node.input[0], [])) == 1
     base = src
     while base is not None and base.op_type == "DequantizeLinear":  # QDQ: look through the DQ to the kernel
@@ -307,6 +332,20 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str, shape
     if op in _ONNX_DATA:
         return "data", f"copy:{_ONNX_DATA[op]}"
     return "unknown", f"unknown:{op}"
+
+
+def _silu_part(node, producer: dict, consumers: dict) -> str:
+    """``gate`` / ``mul`` when ``node`` is the sigmoid / the multiply of x * sigmoid(x) (SiLU, swish), which
+    onnxruntime runs as one fp32 kernel; else ``""``."""
+    if node.op_type == "Sigmoid":
+        users = consumers.get(node.output[0], [])
+        return "gate" if len(users) == 1 and _silu_part(users[0], producer, consumers) == "mul" else ""
+    a, b = (list(node.input) + ["", ""])[:2]
+    for x, gate in ((a, b), (b, a)):
+        p = producer.get(gate)
+        if p is not None and p.op_type == "Sigmoid" and p.input[0] == x and x:
+            return "mul"
+    return ""
 
 
 def _residual_into_conv(node, producer: dict, consumers: dict, shapes: dict) -> bool:
@@ -339,13 +378,22 @@ def _positions(kind: str, pixels: int, groups: int) -> int:
     return pixels * groups if groups > 1 else 0
 
 
-def _conv_kernel(kind: str, k: tuple[int, ...], stride: int, groups: int = 1) -> str:
-    """Kernel name of a convolution: runtimes pick different code per kernel size, stride and grouping."""
+GROUP_WIDTHS = (4, 8, 16, 32, 64)
+"""Channels per group a grouped-conv kernel name is rounded to: runtimes pick their code by the group width
+(onnxruntime's blocked fp32 conv takes groups of 16, 32, 64 channels; 8 go through a per-group GEMM, twice as
+slow per MAC), so each width is a kernel of its own."""
+
+
+def _conv_kernel(kind: str, k: tuple[int, ...], stride: int, groups: int = 1, width: int = 0) -> str:
+    """Kernel name of a convolution: runtimes pick different code per kernel size, stride and grouping (a grouped
+    conv's name ends in its group width rounded to ``GROUP_WIDTHS``, e.g. ``gconv3x3s1w8``)."""
     if kind == "pointwise":
         return "pointwise" if stride == 1 else "pointwise_s2"
     size = "x".join(str(d) for d in k)
-    prefix = "gconv" if kind == "conv" and groups > 1 else kind
-    return f"{prefix}{size}s{min(stride, 2)}"
+    if kind == "conv" and groups > 1:
+        near = min(GROUP_WIDTHS, key=lambda g: (abs(math.log2(max(width, 1) / g)), g))
+        return f"gconv{size}s{min(stride, 2)}w{near}"
+    return f"{kind}{size}s{min(stride, 2)}"
 
 
 # -------------------------------------------------------------------------------------------------- TFLite
@@ -419,7 +467,7 @@ def _tflite_cost(path: Path) -> GraphCost:
             cin = shape(ins[0])[-1]
             groups = cin // w[3] if w[3] else 1
             kind = classify_conv(groups, cin, w[0], w[1:3])
-            kernel = _conv_kernel(kind, w[1:3], stride, groups)
+            kernel = _conv_kernel(kind, w[1:3], stride, groups, w[3])
             macs = math.prod(out_shape) * math.prod(w[1:])
             positions = _positions(kind, pixels, groups)
         elif code == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, C*multiplier]

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import require
+from .graph_cost import GROUP_WIDTHS
 
 CHANNELS = (4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 960)
 SIZES = (7, 10, 14, 20, 28, 40, 56, 80, 112)
-GROUP_WIDTHS = (4, 8, 16, 32, 64)
-"""Channels per group sampled for the grouped-conv kernels: the per-group cost differs with the width."""
+SAMPLES_X = {"gconv3x3s1": 3, "gconv3x3s2": 2}
+"""Grouped convs get more samples: graph_cost names one kernel per group width (``GROUP_WIDTHS``)."""
 DEPTHS = (1, 2, 4)
 """Copies of a shape-preserving kernel in one suite model: the time per added copy is the kernel's own cost,
 the rest is the model's per-run cost, which the fit must not charge to every kernel of a network."""
@@ -36,12 +37,13 @@ KERNELS = (
     "depthwise5x5s1",
     "depthwise5x5s2", "fc", "act:relu", "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu",
     "act:tanh", "add", "mul", "mul_broadcast", "pool:global", "pool:reduce", "pool:window", "copy:concat", "copy:pad",
-    "copy:transpose", "copy:split", "copy:slice", "copy:resize", "block:se", "block:mbconv",
+    "copy:transpose", "copy:split", "copy:slice", "copy:resize", "block:se", "block:mbconv", "shape",
+    "act:silu",
 )
 
 CHAINED = frozenset(("conv3x3s1", "gconv3x3s1", "pointwise", "depthwise3x3s1", "depthwise5x5s1", "act:relu",
                      "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu", "act:tanh", "add", "mul",
-                     "mul_broadcast", "block:se"))
+                     "mul_broadcast", "block:se", "shape", "act:silu"))
 """Kernels whose output has their input's shape run ``depth`` (``DEPTHS``) times in a row with distinct weights:
 closer to a network than one op on hot caches, and models of one kernel at several depths tell its cost per copy
 from the per-run cost of the session."""
@@ -86,14 +88,17 @@ def sample_specs(n_per_kernel: int, seed: int = 0, kernels: tuple[str, ...] = KE
     for kernel in kernels:
         specs: list[KernelSpec] = []
         tries = 0
-        while len(specs) < n_per_kernel and tries < 200:
+        want = n_per_kernel * SAMPLES_X.get(kernel, 1)
+        while len(specs) < want and tries < 200 * SAMPLES_X.get(kernel, 1):
             tries += 1
             cin, cout, size = rng.choice(CHANNELS), rng.choice(CHANNELS), rng.choice(SIZES)
+            if kernel == "shape":  # tiny tensors: the op launches are what this kernel measures, not the pads
+                cin, size = min(cin, 32), min(size, 14)
             if kernel == "conv3x3s2" and rng.random() < STEM_SHARE:
                 cin = 3  # an RGB stem: im2col over 3 channels costs far more per MAC than a wide conv
             act = rng.choice(("none", "relu")) if kernel.startswith(("conv", "gconv", "point")) else "none"
             depth = rng.choice(DEPTHS) if kernel in CHAINED else 1
-            width = rng.choice(GROUP_WIDTHS) if kernel.startswith("gconv") else 0
+            width = GROUP_WIDTHS[len(specs) % len(GROUP_WIDTHS)] if kernel.startswith("gconv") else 0
             if width and (cin % width or cin == width):
                 continue  # a grouped conv needs two or more whole groups
             spec = KernelSpec(kernel, cin, cout if kernel in ("conv3x3s2", "pointwise", "fc") else cin,
@@ -101,7 +106,7 @@ def sample_specs(n_per_kernel: int, seed: int = 0, kernels: tuple[str, ...] = KE
             if _macs(spec) <= MAX_MACS and spec not in specs:
                 specs.append(spec)
         per[kernel] = specs
-    return [per[k][i] for i in range(n_per_kernel) for k in kernels if i < len(per[k])]
+    return [per[k][i] for i in range(max(map(len, per.values()), default=0)) for k in kernels if i < len(per[k])]
 
 
 def _macs(s: KernelSpec) -> float:
@@ -156,7 +161,8 @@ def build_onnx(spec: KernelSpec, path: Path, int8: bool = False) -> Path:
     if context:
         cout = int(c * context)
         y = conv(y, cout, cout, 3, 1, cout, "none", "after")
-    graph = helper.make_graph(nodes, spec.id, [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+    x_shape = ["batch", *in_shape[1:]] if spec.kernel == "shape" else in_shape  # shape ops run on a symbolic dim
+    graph = helper.make_graph(nodes, spec.id, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info(y, TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -186,6 +192,9 @@ def _layer(spec: KernelSpec, x: str, i: int, conv, weight, nodes: list, inits: l
     if kern == "fc":
         w, b = weight("fc_w" + t, (spec.cout, c)), weight("fc_b" + t, (spec.cout,))
         nodes.append(helper.make_node("Gemm", [x, w, b], [y], transB=1, name="fc" + t))
+    elif kern == "act:silu":
+        nodes += [helper.make_node("Sigmoid", [x], ["sig" + t], name="silu_gate" + t),
+                  helper.make_node("Mul", [x, "sig" + t], [y], name="silu_mul" + t)]
     elif kern.startswith("act:"):
         op = {"relu": "Relu", "hardswish": "HardSwish", "sigmoid": "Sigmoid", "hardsigmoid": "HardSigmoid",
               "gelu": "Erf", "tanh": "Tanh"}[kern[4:]]
@@ -203,6 +212,14 @@ def _layer(spec: KernelSpec, x: str, i: int, conv, weight, nodes: list, inits: l
                                       name="maxpool" + t))
     elif kern.startswith("copy:"):
         y = _copy(kern[5:], x, c, nodes, inits, helper, numpy_helper)
+    elif kern == "shape":  # zero pads computed from the input's shape at run time, as TF-"same" ports do
+        idx = numpy_helper.from_array(np.array([2], np.int64), "axis_h" + t)
+        inits.append(idx)
+        nodes += [helper.make_node("Shape", [x], ["s" + t], name="shape" + t),
+                  helper.make_node("Gather", ["s" + t, idx.name], ["h" + t], axis=0, name="gather" + t),
+                  helper.make_node("Sub", ["h" + t, "h" + t], ["z" + t], name="sub" + t),
+                  helper.make_node("Concat", ["z" + t] * 8, ["pads" + t], axis=0, name="pads" + t),
+                  helper.make_node("Pad", [x, "pads" + t], [y], name="pad" + t)]
     elif kern == "block:se":
         nodes.append(helper.make_node("GlobalAveragePool", [x], ["p" + t], name="se_pool" + t))
         r = conv("p" + t, c, max(8, c // 4), 1, 1, 1, "relu", "se_reduce" + t)

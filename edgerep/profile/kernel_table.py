@@ -14,6 +14,7 @@ samples, and the prediction says so.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,11 +53,14 @@ class KernelTable:
     median_abs_error: float
 
     def fit_for(self, layer: LayerCost) -> tuple[KernelFit | None, bool]:
-        """The layer's regressor and whether it is a fallback (same kind, other kernel)."""
+        """The layer's regressor and whether it is a fallback: a kernel of the same kind, the closest name first
+        (``gconv3x3s1w32`` -> ``gconv3x3s1w16`` before ``conv3x3s1``), then the most samples."""
         if layer.kernel in self.kernels:
             return self.kernels[layer.kernel], False
         same = [f for f in self.kernels.values() if f.kind == layer.kind]
-        return (max(same, key=lambda f: f.samples), True) if same else (None, True)
+        if not same:
+            return None, True
+        return max(same, key=lambda f: (len(os.path.commonprefix([f.kernel, layer.kernel])), f.samples)), True
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 from edgerep.cli import main
 from edgerep.profile import calibrate as cal
 from edgerep.profile.graph_cost import graph_cost
-from edgerep.profile.kernel_suite import KERNELS, build_onnx, sample_specs
+from edgerep.profile.kernel_suite import GROUP_WIDTHS, KERNELS, SAMPLES_X, build_onnx, sample_specs
 from edgerep.profile.kernel_table import predict_table
 
 SMALL = ("pointwise", "depthwise3x3s2", "act:hardswish", "add", "block:se")
@@ -47,8 +47,12 @@ def test_every_suite_kernel_builds_and_costs_as_its_kernel(tmp_path):
         for int8 in (False, True):
             cost = graph_cost(build_onnx(spec, tmp_path / f"{spec.id}_{int8}.onnx", int8))
             kernels = {lc.kernel for lc in cost.costed}
-            want = {"mul_broadcast": "mul", "block:se": "pool:global", "block:mbconv": "depthwise3x3s1"}
+            want = {"mul_broadcast": "mul", "block:se": "pool:global", "block:mbconv": "depthwise3x3s1",
+                    "act:silu": "mul" if int8 else "act:silu",  # QDQ keeps x * sigmoid(x) as two ops
+                    "gconv3x3s1": f"gconv3x3s1w{spec.width}", "gconv3x3s2": f"gconv3x3s2w{spec.width}"}
             assert want.get(spec.kernel, spec.kernel) in kernels, (spec, kernels)
+            if spec.kernel == "act:silu" and not int8:
+                assert "act:sigmoid" not in kernels  # one fp32 kernel, the sigmoid is inside it
             assert not cost.partial
 
 
@@ -62,10 +66,11 @@ def test_suite_samples_depths_and_group_widths(tmp_path):
     specs = sample_specs(12, kernels=("pointwise", "gconv3x3s1"))
     assert len({s.depth for s in specs if s.kernel == "pointwise"}) > 1
     grouped = [s for s in specs if s.kernel == "gconv3x3s1"]
-    assert len({s.width for s in grouped}) > 2 and all(s.cin % s.width == 0 and s.cin > s.width for s in grouped)
+    assert {s.width for s in grouped} == set(GROUP_WIDTHS) and len(grouped) == 12 * SAMPLES_X["gconv3x3s1"]
+    assert all(s.cin % s.width == 0 and s.cin > s.width for s in grouped)
     spec = grouped[0]
     cost = graph_cost(build_onnx(spec, tmp_path / "g.onnx"))
-    convs = [lc for lc in cost.costed if lc.kernel == "gconv3x3s1"]
+    convs = [lc for lc in cost.costed if lc.kernel == f"gconv3x3s1w{spec.width}"]
     assert len(convs) == spec.depth
     assert all(lc.positions == spec.size ** 2 * spec.cin // spec.width for lc in convs)
 
@@ -198,3 +203,15 @@ def test_calibrate_host_for_real_tiny(tmp_path, capsys):
     onnx = build_onnx(sample_specs(1, seed=3, kernels=("pointwise",))[0], tmp_path / "m.onnx")
     assert main(["profile", str(onnx), "--device", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
+
+
+def test_fallback_prefers_the_closest_kernel_name():
+    from edgerep.profile.graph_cost import LayerCost
+    from edgerep.profile.kernel_table import KernelFit, KernelTable
+
+    fits = {k: KernelFit(k, "conv", 1.0, 1.0, 1.0, 1.0, n) for k, n in
+            (("conv3x3s1", 50), ("gconv3x3s1w8", 5), ("gconv3x3s2w16", 40))}
+    table = KernelTable("fp32", 1, 0.0, 0.0, fits, 95, 0.0)
+    fit, fallback = table.fit_for(LayerCost("g", "Conv", "conv", kernel="gconv3x3s1w16"))
+    assert fallback and fit.kernel == "gconv3x3s1w8"
+    assert table.fit_for(LayerCost("c", "Conv", "conv", kernel="conv5x5s1"))[0].kernel == "conv3x3s1"
