@@ -99,6 +99,12 @@ def thread_cpu_ms(path: Path, runs: int = 15, warmup: int = 3) -> tuple[float, f
     return min(cpu), min(wall)
 
 
+def _family(model: str) -> str:
+    """Architecture family of a style net or zoo name: ``regnetx_200mf_224`` -> ``regnet``, ``resnet18`` -> ``resnet``."""
+    head = model.split("_")[0].rstrip("0123456789")
+    return {"regnetx": "regnet", "regnety": "regnet", "repghostnet": "ghostnet"}.get(head, head)
+
+
 def _measured(path: Path, order: list, threads: tuple[int, ...], clock: str) -> tuple[dict, list]:
     """The per-pass measurements of an earlier run, keyed like a fresh run's (refused if they do not match)."""
     old = json.loads(path.read_text())
@@ -193,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             if e:
                 summary[f"{prec}_{t}t"] = {"n": len(e), "within_10pct": sum(x <= 0.10 for x in e),
                                             "median_abs_error": round(statistics.median(e), 4)}
+    families: dict[str, list[float]] = {}
+    for r in rows:
+        if r["error"] is not None:
+            families.setdefault(_family(r["model"]), []).append(abs(r["error"]))
+    summary["by_family"] = {f: {"n": len(e), "within_10pct": sum(x <= 0.10 for x in e),
+                                "median_abs_error": round(statistics.median(e), 4)} for f, e in sorted(families.items())}
     cpu = describe_cpu()
     out = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "clock": args.clock,
            "measured_in": args.reuse_measured or "this run",

@@ -371,11 +371,8 @@ def _is_const_like(node, producer: dict) -> bool:
 
 
 def _positions(kind: str, pixels: int, groups: int) -> int:
-    """Output pixels of a depthwise conv, times the groups of a grouped conv; 0 for a dense conv, whose per-pixel
-    work (im2col, packing) grows with its input channels and is already in its input bytes."""
-    if kind == "depthwise":
-        return pixels
-    return pixels * groups if groups > 1 else 0
+    """Output pixels of a convolution, times its groups when it is a grouped (not depthwise) conv."""
+    return pixels * (groups if kind == "conv" else 1)
 
 
 GROUP_WIDTHS = (4, 8, 16, 32, 64)

@@ -27,8 +27,9 @@ SAMPLES_X = {"gconv3x3s1": 3, "gconv3x3s2": 2}
 DEPTHS = (1, 2, 4)
 """Copies of a shape-preserving kernel in one suite model: the time per added copy is the kernel's own cost,
 the rest is the model's per-run cost, which the fit must not charge to every kernel of a network."""
-STEM_SHARE = 0.2
-"""Share of the conv3x3s2 samples that read an image (3 channels), as network stems do."""
+STEM_SHARE = {"conv3x3s2": 0.2, "conv7x7s2": 0.7}
+"""Share of the samples that read an image (3 channels), as network stems do (7x7 convs are mostly stems)."""
+STEM_SIZES = (96, 128, 160, 192, 224)
 MAX_MACS = 1.5e8
 """Larger kernels only slow the calibration down: time grows linearly with MACs well before this."""
 
@@ -38,7 +39,7 @@ KERNELS = (
     "depthwise5x5s2", "fc", "act:relu", "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu",
     "act:tanh", "add", "mul", "mul_broadcast", "pool:global", "pool:reduce", "pool:window", "copy:concat", "copy:pad",
     "copy:transpose", "copy:split", "copy:slice", "copy:resize", "block:se", "block:mbconv", "shape",
-    "act:silu",
+    "act:silu", "conv7x7s2", "pointwise_s2",
 )
 
 CHAINED = frozenset(("conv3x3s1", "gconv3x3s1", "pointwise", "depthwise3x3s1", "depthwise5x5s1", "act:relu",
@@ -94,14 +95,14 @@ def sample_specs(n_per_kernel: int, seed: int = 0, kernels: tuple[str, ...] = KE
             cin, cout, size = rng.choice(CHANNELS), rng.choice(CHANNELS), rng.choice(SIZES)
             if kernel == "shape":  # tiny tensors: the op launches are what this kernel measures, not the pads
                 cin, size = min(cin, 32), min(size, 14)
-            if kernel == "conv3x3s2" and rng.random() < STEM_SHARE:
-                cin = 3  # an RGB stem: im2col over 3 channels costs far more per MAC than a wide conv
+            if kernel in STEM_SHARE and rng.random() < STEM_SHARE[kernel]:
+                cin, size = 3, rng.choice(STEM_SIZES)  # an RGB stem: im2col over 3 channels, a full-size image
             act = rng.choice(("none", "relu")) if kernel.startswith(("conv", "gconv", "point")) else "none"
             depth = rng.choice(DEPTHS) if kernel in CHAINED else 1
             width = GROUP_WIDTHS[len(specs) % len(GROUP_WIDTHS)] if kernel.startswith("gconv") else 0
             if width and (cin % width or cin == width):
                 continue  # a grouped conv needs two or more whole groups
-            spec = KernelSpec(kernel, cin, cout if kernel in ("conv3x3s2", "pointwise", "fc") else cin,
+            spec = KernelSpec(kernel, cin, cout if kernel in WIDTH_CHANGING else cin,
                               size, act, depth, width)
             if _macs(spec) <= MAX_MACS and spec not in specs:
                 specs.append(spec)
@@ -109,15 +110,22 @@ def sample_specs(n_per_kernel: int, seed: int = 0, kernels: tuple[str, ...] = KE
     return [per[k][i] for i in range(max(map(len, per.values()), default=0)) for k in kernels if i < len(per[k])]
 
 
+WIDTH_CHANGING = ("conv3x3s2", "conv7x7s2", "pointwise", "pointwise_s2", "fc")
+
+
+def _kernel_size(kernel: str) -> int:
+    return 7 if "7x7" in kernel else 3 if "3x3" in kernel else 5 if "5x5" in kernel else 1
+
+
 def _macs(s: KernelSpec) -> float:
     return _macs_one(s) * s.depth
 
 
 def _macs_one(s: KernelSpec) -> float:
-    k = 3 if "3x3" in s.kernel else 5 if "5x5" in s.kernel else 1
+    k = _kernel_size(s.kernel)
     stride = 2 if s.kernel.endswith("s2") else 1
     hw = (s.size // stride) ** 2
-    if s.kernel.startswith("conv") or s.kernel == "pointwise":
+    if s.kernel.startswith(("conv", "pointwise")):
         return hw * s.cin * s.cout * k * k
     if s.kernel.startswith("gconv"):
         return hw * s.cin * s.width * k * k
@@ -180,8 +188,8 @@ def _layer(spec: KernelSpec, x: str, i: int, conv, weight, nodes: list, inits: l
     """One copy of the spec's kernel reading ``x``; returns its output name (suffix ``i`` keeps names unique)."""
     kern, c = spec.kernel, spec.cin
     t = f"_{i}"
-    if kern.startswith(("conv", "gconv")) or kern == "pointwise":
-        k, s = (3, 2 if kern.endswith("s2") else 1) if kern != "pointwise" else (1, 1)
+    if kern.startswith(("conv", "gconv", "pointwise")):
+        k, s = _kernel_size(kern), 2 if kern.endswith("s2") else 1
         cin, cout = (c, spec.cout) if i % 2 == 0 else (spec.cout, c)  # a pointwise chain alternates widths
         groups = c // spec.width if kern.startswith("gconv") else 1
         return conv(x, cin, cout, k, s, groups, spec.act, "conv" + t)
