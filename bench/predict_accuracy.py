@@ -100,9 +100,11 @@ def thread_cpu_ms(path: Path, runs: int = 15, warmup: int = 3) -> tuple[float, f
 
 
 def _family(model: str) -> str:
-    """Architecture family of a style net or zoo name: ``regnetx_200mf_224`` -> ``regnet``, ``resnet18`` -> ``resnet``."""
+    """Architecture family of a style net or zoo name: ``regnetx_200mf_224`` -> ``regnet``, ``mnv3_small_0.5_128``
+    -> ``mobilenet``."""
     head = model.split("_")[0].rstrip("0123456789")
-    return {"regnetx": "regnet", "regnety": "regnet", "repghostnet": "ghostnet"}.get(head, head)
+    return {"mnv": "mobilenet", "mobilenetv": "mobilenet", "effnet": "efficientnet", "regnetx": "regnet",
+            "regnety": "regnet", "repghostnet": "ghostnet"}.get(head, head)
 
 
 def _measured(path: Path, order: list, threads: tuple[int, ...], clock: str) -> tuple[dict, list]:

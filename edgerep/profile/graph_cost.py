@@ -13,10 +13,11 @@ Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rule
 - ``bytes``: activations read and written plus weights read, in the dtype the runtime computes in (a
   quantized ONNX QDQ graph holds float tensors between its Q/DQ pairs, but runtimes fuse them into int8 kernels,
   so its tensors count 1 byte per element).
-- ``positions``: output pixels of a depthwise conv (x groups for a grouped conv): per-pixel and per-group work
+- ``positions``: output pixels of a convolution (x groups for a grouped conv): per-pixel and per-group work
   that MACs and bytes do not capture.
 - ``kernel``: what the runtime executes, e.g. ``depthwise3x3s2``, ``pointwise``, ``act:hardswish``, ``mul``,
-  ``pool:global``, ``copy:concat``, ``requant``: the key of a calibrated device's per-kernel regressors.
+  ``mul_broadcast``, ``pool:global``, ``copy:concat``, ``requant``: the key of a calibrated device's per-kernel
+  regressors.
 - kind ``fused``: work a runtime folds into the kernel before it (BatchNorm, a bias add, ReLU/clip and - in
   onnxruntime - sigmoid / hard-sigmoid / tanh / leaky-ReLU after a conv; Q/DQ pairs around int8 kernels): no
   cost, no per-op overhead. Kind ``requant``: a Q/DQ pair the runtime keeps (around an op it has no int8 kernel
@@ -53,9 +54,9 @@ class LayerCost:
     out_shape: tuple[int, ...] = ()
     kernel: str = ""
     positions: int = 0
-    """Depthwise convs: output pixels; grouped convs: output pixels times groups. Runtimes pay per output pixel
-    (im2col / indirection, packing) and per group (one small GEMM each) on top of the MACs: a 4-channel depthwise
-    or a narrow-group conv costs far more per MAC than a wide one."""
+    """Convolutions: output pixels (times groups for a grouped conv). Runtimes pay per output pixel (im2col /
+    indirection, packing, int8 requantization) and per group (one small GEMM each) on top of the MACs: a 4-channel
+    depthwise, a 12-channel int8 pointwise or a narrow-group conv costs far more per MAC than a wide one."""
 
     @property
     def bytes(self) -> int:
@@ -74,8 +75,8 @@ class GraphCost:
     uncosted: list[str] = field(default_factory=list)
     """Ops of a type no cost table knows (name and op): their time is missing, so the total is partial."""
     io_elements: int = 0
-    """Elements of the graph's inputs and outputs: copied in and out once per run (and, in a runtime with its own
-    layout, reordered there), a per-model cost no layer accounts for."""
+    """Elements of the graph's inputs and outputs: copied in and out once per run, a per-model cost no layer
+    accounts for."""
 
     @property
     def partial(self) -> bool:
@@ -260,6 +261,8 @@ def _onnx_cost(path: Path) -> GraphCost:
             macs = math.prod(out_shape) * k
         elif kind == "pool":
             elements = sum(numel(x) for x in acts_in)
+        elif kind == "elementwise" and any(x and 0 < numel(x) < elements for x in node.input):
+            kernel += "_broadcast"  # one operand per channel (squeeze-excite gating, a scale): another code path
         elif kind == "unknown":
             uncosted.append(f"{name} ({op})")
         layers.append(LayerCost(name, op, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,

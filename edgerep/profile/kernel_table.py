@@ -71,6 +71,11 @@ class TablePrediction:
     partial: bool = False
 
 
+ROBUST_ROUNDS = 4
+HUBER = 3.0
+"""Relative errors beyond this many times the median are down-weighted (Huber loss, iteratively reweighted)."""
+
+
 def _units(layer: LayerCost) -> tuple[float, float, float, float]:
     """The layer's amounts in the units of ``FEATURES``: one launch, M work, MB, thousand positions."""
     return 1.0, (layer.macs or layer.elements) / 1e6, layer.bytes / 1e6, layer.positions / 1e3
@@ -90,7 +95,9 @@ def _rows(cost: GraphCost, keys: dict[str, int]) -> np.ndarray:
 
 
 def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: int) -> KernelTable:
-    """Fit every kernel's (const, per-work, per-byte, per-position) microseconds on (suite model cost, measured ms) pairs."""
+    """Fit every kernel's (const, per-work, per-byte, per-position) microseconds on (suite model cost, measured ms)
+    pairs: non-negative least squares on relative error, reweighted so that the few models far off the law
+    (a tensor beyond the last-level cache, a shape the runtime treats specially) do not bend every kernel."""
     from .predict import _nnls
 
     if len(samples) < 3:
@@ -107,9 +114,12 @@ def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: i
     y = np.array([ms * 1e3 for _, ms in samples])  # microseconds
     scale = np.abs(a).max(axis=0)
     scale[scale == 0] = 1.0
-    w = _nnls((a / scale) / y[:, None], np.ones(len(y))) / scale
-    pred = a @ w
-    err = float(np.median(np.abs(pred / y - 1)))
+    weight = np.ones(len(y))
+    for _ in range(ROBUST_ROUNDS):
+        w = _nnls((a / scale) / y[:, None] * weight[:, None], weight) / scale
+        rel = np.abs(a @ w / y - 1)
+        weight = 1 / np.maximum(1, rel / (HUBER * np.median(rel) + 1e-9))  # Huber: linear beyond the threshold
+    err = float(np.median(rel))
     fits = {k: KernelFit(k, kinds[k], *(float(v) for v in w[GLOBAL + N * i:GLOBAL + N * (i + 1)]), counts[k])
             for k, i in keys.items()}
     return KernelTable(precision, threads, float(w[0]), float(w[1]), fits, len(samples), round(err, 4))

@@ -76,9 +76,9 @@ def test_mobilenet_v3_style_kernels(v3_net, v3_onnx):
     cost = graph_cost(v3_onnx)
     assert _close(cost.macs, count_macs(v3_net, (3, RES, RES)))
     kernels = {lc.kernel for lc in cost.costed}
-    assert {"mul", "pool:reduce", "pointwise", "depthwise5x5s2", "depthwise3x3s2"} <= kernels
+    assert {"mul_broadcast", "pool:reduce", "pointwise", "depthwise5x5s2", "depthwise3x3s2"} <= kernels
     # onnxruntime's fp32 conv takes ReLU, hard-sigmoid and hard-swish after it and the residual add into it (its
-    # optimized graph keeps none of them); the squeeze-excite multiply stays an op of its own
+    # optimized graph keeps none of them); the squeeze-excite multiply (per-channel gate) stays an op of its own
     fused = {lc.op for lc in cost.layers if lc.kind == "fused"}
     assert {"Relu", "HardSigmoid", "HardSwish", "Add"} <= fused
     assert not {"act:hardswish", "add"} & kernels
@@ -104,8 +104,9 @@ def _positions(cost) -> dict[str, int]:
 
 def test_conv_positions_are_pixels_times_groups(tmp_path):
     cost = graph_cost(_export(_Convs().eval(), tmp_path / "convs.onnx"))
-    assert _positions(cost) == {"conv3x3s1": 0, "gconv3x3s1w4": RES * RES * 4, "depthwise3x3s2": (RES // 2) ** 2,
-                                "pointwise": 0}
+    half = (RES // 2) ** 2
+    assert _positions(cost) == {"conv3x3s1": RES * RES, "gconv3x3s1w4": RES * RES * 4, "depthwise3x3s2": half,
+                                "pointwise": half}
 
 
 def _calibration_reader(path: Path, n: int = 2):
@@ -201,3 +202,4 @@ def test_litert_torch_tflite_nhwc_costs_like_torch(v3_net, tmp_path):
     litert_torch.convert(_Convs().eval(), (torch.zeros(1, 3, RES, RES),)).export(str(convs))
     positions = _positions(graph_cost(convs))
     assert positions["gconv3x3s1w4"] == RES * RES * 4 and positions["depthwise3x3s2"] == (RES // 2) ** 2
+
