@@ -58,7 +58,7 @@ class Calibrated:
 
 
 def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", threads: int = 1,
-              budget_min: float = 10.0, per_kernel: int = 8, kernels: tuple[str, ...] | None = None,
+              budget_min: float = 14.0, per_kernel: int = 20, kernels: tuple[str, ...] | None = None,
               progress: bool = True, ssh=None, adb=None) -> Path:
     """Time the suite on ``device``, fit, write the device file ``out``; returns its path."""
     out = Path(out)
