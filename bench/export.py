@@ -50,6 +50,7 @@ from edgerep.checkpoints.load import load_model
 from edgerep.defaults import DEFAULT_MODEL, default_images_dir, default_model_path, default_preprocess
 from edgerep.export.manifest import tool_versions
 from edgerep.images import Preprocess, list_images, load_images
+from edgerep.profile.cpu import describe_cpu
 from edgerep.proof.metrics import interleaved_times
 from edgerep.proof.numerics import output_error, randomize_bn
 from edgerep.reparam import reparameterize
@@ -157,8 +158,12 @@ def make_case(name: str, size: int, n_images: int, seed: int = 0) -> Case:
     return Case(name, size, weights, train, reparameterize(train).eval(), load_images(files, pre).images.float())
 
 
-def build_artifacts(case: Case, runtimes: Sequence[str], workdir: Path, say: Callable[[str], None]) -> list[Artifact]:
-    """Export everything ``runtimes`` can run (timing each export); torch artifacts are the modules themselves."""
+def build_artifacts(case: Case, runtimes: Sequence[str], workdir: Path, say: Callable[[str], None],
+                    deploy_only: bool = False) -> list[Artifact]:
+    """Export everything ``runtimes`` can run (timing each export); torch artifacts are the modules themselves.
+
+    ``deploy_only``: just edgerep's deploy-form fp32 and int8 artifacts (the int8 speed-up question).
+    """
     shape = (1, 3, case.size, case.size)
     arts: list[Artifact] = []
     if "torch" in runtimes:
@@ -182,6 +187,8 @@ def build_artifacts(case: Case, runtimes: Sequence[str], workdir: Path, say: Cal
             ("litert", "deploy", "int8", "edgerep", _backend_export(tflite, case.deploy, shape, "int8", calib)),
             ("litert", "train", "fp32", "edgerep", _backend_export(tflite, case.train, shape, "fp32")),
         ]
+    if deploy_only:
+        plans = [plan for plan in plans if plan[1] == "deploy" and plan[3] == "edgerep"]
     for runtime, form, precision, via, write in plans:
         art = Artifact(runtime, form, precision, via)
         art.file = workdir / f"{form}-{precision}-{via}{'.onnx' if runtime == 'onnxruntime' else '.tflite'}"
@@ -292,6 +299,8 @@ def bench_case(
     per_round: int = 5,
     warmup: int = 3,
     say: Callable[[str], None] = lambda _msg: None,
+    clock: str = "wall",
+    deploy_only: bool = False,
 ) -> dict:
     """Export ``case`` for every runtime, time all artifacts per thread count in interleaved rounds, report."""
     torch_threads = torch.get_num_threads()
@@ -299,7 +308,7 @@ def bench_case(
     with torch.inference_mode():
         ref = case.deploy(torch.from_numpy(x))
     with tempfile.TemporaryDirectory(prefix="edgerep-bench-export-") as tmp:
-        arts = build_artifacts(case, runtimes, Path(tmp), say)
+        arts = build_artifacts(case, runtimes, Path(tmp), say, deploy_only)
         rows = {a.key: _row(a, x, ref) for a in arts}
         groups = {}
         try:
@@ -308,7 +317,7 @@ def bench_case(
                 load = os.getloadavg()
                 say(f"  timing {len(arts)} artifacts, {t} thread(s), {rounds} interleaved rounds (load {load[0]:.2f})")
                 calls = {a.key: make_call(a, x, t) for a in arts}
-                samples = interleaved_times(calls, rounds=rounds, per_round=per_round, warmup=warmup)
+                samples = interleaved_times(calls, rounds=rounds, per_round=per_round, warmup=warmup, clock=clock)
                 del calls  # free the sessions (and their thread pools) before the next thread count
                 latency = {k: stats(v) for k, v in samples.items()}
                 for k, s in latency.items():
@@ -385,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calib-images", type=int, default=32, help="shipped photos for int8 calibration (default 32)")
     p.add_argument("--seed", type=int, default=0, help="random weights of the non-shipped models")
     p.add_argument("--out", type=Path, help="write the JSON result here")
+    p.add_argument("--clock", choices=("wall", "thread-cpu"), default="wall",
+                   help="thread-cpu: the calling thread's CPU time (1 thread only; robust on a loaded machine)")
+    p.add_argument("--deploy-only", action="store_true", help="only edgerep's deploy fp32 / int8 artifacts")
     args = p.parse_args(argv)
+    if args.clock == "thread-cpu" and args.threads != [1]:
+        p.error("--clock thread-cpu measures one thread: give --threads 1")
     if min(args.threads) < 1 or args.rounds < 1 or args.per_round < 1 or args.warmup < 0 or args.calib_images < 1:
         p.error("--threads, --rounds, --per-round and --calib-images must be >= 1, --warmup >= 0")
     models = args.models or [parse_model(m) for m in DEFAULT_MODELS]
@@ -399,18 +413,20 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{name} at {size}x{size}")
         case = make_case(name, size, args.calib_images, args.seed)
         results.append(bench_case(case, runtimes=args.runtimes, threads=args.threads, rounds=args.rounds,
-                                  per_round=args.per_round, warmup=args.warmup, say=say))
+                                  per_round=args.per_round, warmup=args.warmup, say=say, clock=args.clock,
+                                  deploy_only=args.deploy_only))
         print(format_table(results[-1]) + "\n", flush=True)
     result = {
         "command": " ".join(["python", "bench/export.py", *(argv if argv is not None else sys.argv[1:])]),
         "started": started.isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpu": describe_cpu(),
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "platform": platform.platform(),
                  "loadavg_start": [round(v, 2) for v in load0],
                  "loadavg_end": [round(v, 2) for v in os.getloadavg()]},
         "tools": tool_versions(PACKAGES),
         "settings": {"threads": args.threads, "rounds": args.rounds, "per_round": args.per_round,
-                     "warmup": args.warmup, "batch": 1, "calib_images": args.calib_images, "seed": args.seed},
+                     "warmup": args.warmup, "clock": args.clock, "batch": 1, "calib_images": args.calib_images, "seed": args.seed},
         "runtimes": {r: RUNTIME_NOTES[r] for r in (*args.runtimes, "coreml")},
         "plain_onnx_export": PLAIN_ONNX_EXPORT,
         "ratio_meaning": RATIO_MEANING,

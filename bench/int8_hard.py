@@ -4,7 +4,7 @@
         [--variants default,budget1] [--model repvgg_a0]
 
 Random conv weights and random BN affine parameters (seed 0), running statistics from train-mode passes over all
-200 shared/data/imagenet-sample photos (cumulative average, ``bench/export_zoo.py``'s ``calibrate_bn``), fused;
+200 shared/data/imagenet-sample photos (cumulative average, ``proof.numerics.measure_bn_statistics``), fused;
 then ``edgerep.export`` int8 calibrated on those 200 photos and validated on them (the issue's setup: cosine
 0.815 / 0.866 and agreement 0.32 / 0.24 for ONNX / TFLite before this work). With random weights the 1000 logits
 of a photo differ by little (median top-1 margin 0.056 against a logit range of 24), so rounding the logits to
@@ -24,14 +24,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export_zoo import calibrate_bn  # noqa: E402
 from int8_accuracy import SHARED, cpu  # noqa: E402
 
-from edgerep.api import preprocess_of  # noqa: E402
+from edgerep.checkpoints import preprocess_of  # noqa: E402
 from edgerep.errors import VerificationError  # noqa: E402
-from edgerep.export import export  # noqa: E402
+from edgerep.export.pipeline import export  # noqa: E402
 from edgerep.images import load_images  # noqa: E402
-from edgerep.proof.numerics import randomize_bn  # noqa: E402
+from edgerep.proof.numerics import measure_bn_statistics, randomize_bn  # noqa: E402
 from edgerep.reparam import reparameterize  # noqa: E402
 from edgerep.zoo import create_model  # noqa: E402
 
@@ -44,7 +43,7 @@ VARIANTS = {"default": {}, "budget1": {"int8_budget": 1}, "budget2": {"int8_budg
 def hard_model(name: str, photos: torch.Tensor) -> torch.nn.Module:
     torch.manual_seed(0)
     model = randomize_bn(create_model(name), torch.Generator().manual_seed(0))
-    return reparameterize(calibrate_bn(model, photos).eval())
+    return reparameterize(measure_bn_statistics(model, photos).eval())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/int8_speed.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    from edgerep.api import preprocess_of
+    from edgerep.checkpoints import preprocess_of
     from edgerep.images import list_images, load_images
 
     import onnxruntime

@@ -32,7 +32,7 @@ from edgerep.checkpoints.load import load_model
 from edgerep.images import list_images, load_images
 from edgerep.msgc import calibrate, select_channels, to_dynamic, to_static
 from edgerep.proof.metrics import count_macs, count_params, interleaved_times
-from edgerep.proof.numerics import closeness, output_error
+from edgerep.proof.numerics import closeness, measure_bn_statistics, output_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("EDGEREP_SHARED", ROOT.parent / "shared"))
@@ -66,24 +66,6 @@ def compare(reference: torch.Tensor, out: torch.Tensor) -> dict:
         "centered_cosine": closeness(reference - mean, out - mean).cosine,
         "top1_agreement": near.top1,
     }
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch: int = 25) -> nn.Module:
-    """A copy whose BatchNorm statistics are re-estimated on ``images`` (gates stay in eval mode).
-
-    Random weights with random running statistics give a nearly input-independent output; statistics
-    measured on real photos make every layer see normalized activations, so outputs differ per image.
-    """
-    m = copy.deepcopy(model).eval()
-    for bn in m.modules():
-        if isinstance(bn, nn.BatchNorm2d):
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over all batches
-            bn.train()
-    for start in range(0, len(images), batch):
-        m(images[start:start + batch])
-    return m.eval()
 
 
 @torch.no_grad()
@@ -171,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         r.update(macs=count_macs(forms[r["form"]], size), params=count_params(forms[r["form"]]))
     train_macs = count_macs(model, size)
     print("agreement with BatchNorm statistics re-estimated on the calibration photos", flush=True)
-    recalibrated, _ = agreement_table(recalibrate_bn(model, calib), calib, heldout, choices)
+    recalibrated_model = measure_bn_statistics(copy.deepcopy(model), calib, batch=25)
+    recalibrated, _ = agreement_table(recalibrated_model, calib, heldout, choices)
 
     with torch.no_grad():
         torch_ms = {k: statistics.median(v) for k, v in interleaved_times(

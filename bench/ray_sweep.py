@@ -6,7 +6,7 @@ The sweep: the two shipped 32 px models x onnx, tflite x fp32, int8, timed on th
 on the shipped photos (2 per class). Variants alternate (sequential, cluster, sequential, ...), medians reported.
 On one 2-core machine a cluster cannot beat the cores it has; what this measures is Ray's overhead and how much
 of the sweep's wall time is spent waiting (process start, imports) that parallel tasks overlap.
-``LocalCluster`` is also what tests/test_bench_ray.py starts: `ray start` processes, each in its own session,
+``LocalCluster`` is also what tests/tradeoff/test_bench_ray.py starts: `ray start` processes, each in its own session,
 with its own resources, stopped by killing exactly those sessions (never `ray stop`, which stops every Ray
 on the machine).
 """

@@ -141,6 +141,18 @@ def list_images(source: ImageSource) -> ImageList:
     return ImageList(files)
 
 
+def typical_short_side(files: Sequence[Path], sample: int = 16) -> int | None:
+    """Median shorter side (px) of up to ``sample`` photos spread over ``files``, read from their headers only."""
+    sides = []
+    for i in evenly_spaced(len(files), sample):
+        try:
+            with Image.open(files[i]) as im:
+                sides.append(min(im.size))
+        except (OSError, UnidentifiedImageError):
+            continue  # decoding reports unreadable files with their names
+    return int(np.median(sides)) if sides else None
+
+
 def read_image(path: str | os.PathLike, pre: Preprocess) -> np.ndarray:
     """Decode one image and resize/crop it: a (H, W, 3) uint8 array. Corrupt files name themselves."""
     try:

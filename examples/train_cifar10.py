@@ -48,7 +48,7 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 PAD = 4
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="repghostnet_050", help="zoo model name (see edgerep.zoo.list_models)")
     p.add_argument("--data", type=Path, default=SHARED_CIFAR / "train", help="train folder")
@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="train on a seeded random subset of N images (smoke runs)")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def load_split(folder: Path, pre: Preprocess, what: str) -> tuple[Tensor, Tensor, list[str]]:

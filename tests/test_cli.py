@@ -152,9 +152,23 @@ def test_export_validates_and_writes_manifest(capsys, tmp_path):
     assert row["status"] == "validated" and Path(row["artifact"]).exists() and Path(row["manifest"]).exists()
     manifest = json.loads(Path(row["manifest"]).read_text())
     assert manifest["artifact"]["sha256"] == row["sha256"] and manifest["labels"][0] == "airplane"
+    assert json.loads(stdout)["speed_here"] is None  # nothing to compare without an int8 artifact
     # a precision the target does not offer is refused up front, before anything is exported
     code, _, err = run(capsys, "export", MODEL, "-c", ckpt, "--target", "coreml", "--precision", "int4", "-o", str(tmp_path / "x"))
     assert code == 2 and "int4" in err and not (tmp_path / "x").exists()
+
+
+def test_export_times_fp32_and_int8_and_names_the_fastest(capsys, tmp_path):
+    from edgerep import defaults
+
+    code, stdout, _ = run(capsys, "export", MODEL, "-c", str(defaults.default_model_path()), "--target", "onnx",
+                          "--precision", "fp32,int8", "--images", str(defaults.default_images_dir()), "-o", str(tmp_path),
+                          "--json")
+    speed = json.loads(stdout)["speed_here"]
+    assert code == 0 and set(speed["median_ms"]) == {"onnx fp32", "onnx int8"}
+    assert speed["fastest"] == min(speed["median_ms"], key=speed["median_ms"].get)
+    ratio = speed["median_ms"]["onnx fp32"] / speed["median_ms"]["onnx int8"]
+    assert abs(speed["int8_speedup"]["onnx"]["speedup"] - ratio) < 1e-2 * ratio
 
 
 def test_export_prints_a_status_table_and_exit_codes(capsys, tmp_path):

@@ -7,7 +7,7 @@ import contextlib
 import sys
 
 from ..errors import BadInputError
-from .common import comma_list, renamed, split_list, status
+from .common import add_geometry, comma_list, geometry, renamed, split_list, status
 
 ORDER = 60
 
@@ -17,6 +17,7 @@ examples:
   edgerep bench repghostnet_050=ck.pt repvgg_a0=a0.pt --target onnx,tflite --precision fp32,int8 \\
       --device host,pixel7 --threads 1,2 --images photos/ -o bench-out/
   edgerep bench mobileone_s0 repvgg_a0 --device pixel4   # bare zoo names: random weights, latency only
+  edgerep bench a0=a0.pth --input-size 32 --mean 0.49,0.48,0.45 --std 0.25,0.24,0.26 --labels classes.txt
   edgerep bench a=a.pt b=b.pt --device host,adb:R58M123,pixel7 --ray 10.0.0.5:6379   # on a Ray cluster
 
 MODEL is NAME=CHECKPOINT, an edgerep checkpoint path, or a bare zoo name (random weights: its accuracy
@@ -25,6 +26,7 @@ artifact's runtime), ssh://user@host (measured on the device), adb:SERIAL (TFLit
 benchmark_model build), or a profile name from `edgerep profile --list` (predicted, always labelled so).
 Writes tradeoff.md, tradeoff.csv, tradeoff.json and tradeoff.png (accuracy vs latency, one colour per
 target, the Pareto front marked) into the output folder; a row whose stage failed is kept and marked.
+The input geometry flags apply to every model given (as in `edgerep export`).
 
 --ray [auto|HOST:PORT] (pip install "edgerep[ray]"): each export is a Ray task, each timing a task on the
 node that advertises the device as a resource (ray start --resources '{"device:adb:R58M123": 1}';
@@ -62,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ssh devices: extra ssh -o option, repeatable")
     b.add_argument("--remote-python", default="python3", help="ssh devices: the device's Python (default python3)")
     b.add_argument("--json", action="store_true", help="print the rows as JSON on stdout")
+    add_geometry(b)
     for old, new in (("--targets", "--target"), ("--precisions", "--precision"), ("--devices", "--device"),
                      ("--output-dir", "--output")):
         renamed(b, old, new)
@@ -95,12 +98,12 @@ def run(args: argparse.Namespace) -> int:
             with contextlib.redirect_stdout(sys.stderr):  # Ray prints cluster events (a node marked dead) on stdout
                 result = run_bench_ray(models, plan, devices, threads, address=args.ray, output_dir=out,
                                        images=images, calibration=args.calib, artifact_store=args.artifact_store,
-                                       progress=status, ssh=ssh)
+                                       progress=status, ssh=ssh, overrides=geometry(args))
             rows, interrupted = result.rows, result.interrupted
             _refuse_if_nothing_ran(rows, interrupted)
         else:
             rows = run_bench(models, plan, devices, threads, output_dir=out, images=images,
-                             calibration=args.calib, progress=status, ssh=ssh)
+                             calibration=args.calib, progress=status, ssh=ssh, overrides=geometry(args))
         for suffix, text in ((".md", to_markdown(rows)), (".csv", to_csv(rows)), (".json", to_json(rows))):
             write_text(out / f"tradeoff{suffix}", text)
         written = [f"tradeoff{s}" for s in (".md", ".csv", ".json")]

@@ -19,7 +19,7 @@ examples:
 Rows are keyed by (model, target, precision). A row fails when its top-1 drops more than its tolerance
 (absolute points; default 0.5 for fp32/fp16, 1.0 for int8, w8, palettize*; set "tolerance_pct" per row in
 the baseline) or its agreement with the fp32 model falls below the row's floors. The baseline format is
-documented in edgerep/gate.py; --update keeps each row's tolerance and re-measures the rest.
+documented in edgerep/accuracy/gate.py; --update keeps each row's tolerance and re-measures the rest.
 Exit codes: 0 pass (or baseline written), 1 a row failed, 2 bad input (malformed baseline, a row missing on
 either side, results measured on other data).
 """

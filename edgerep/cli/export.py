@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     )
     failed = [r for r in rows if isinstance(r[2], EdgerepError)]
     code = max((r.exit_code for _, _, r in failed), default=0)  # 2 for a layer a target cannot convert
+    speed = _int8_speed(rows)
     if args.json:
         print(json.dumps({
             "ok": not failed, "model": info.model, "checkpoint": str(checkpoint), "sha256": info.sha256,
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                  "validation": r.validation.to_dict(), "warnings": r.warnings}
                 for t, p, r in rows
             ],
+            "speed_here": speed.to_dict() if speed.medians_ms else None,
         }, indent=2))
         return code
     table_rows = []
@@ -123,21 +125,20 @@ def run(args: argparse.Namespace) -> int:
     print(table(["target", "precision", "status", "size", "max abs err", "cosine", "top-1 agree", "top-1 torch->artifact",
                  "artifact"], table_rows, right={3, 4, 5, 6}))
     print(f"artifacts and manifests in {args.output}/")
-    _print_int8_speed(rows)
+    if speed.lines():
+        print("int8 speed-up over fp32 on this host (1 thread, median): " + "; ".join(speed.lines()))
+    for w in speed.warnings():
+        print(f"warning: {w}", file=sys.stderr)
     for t, p, r in failed:
         print(f"error: {t} {p}: {r}", file=sys.stderr)
     return code
 
 
-def _print_int8_speed(rows) -> None:
-    """The int8 speed-up over fp32 measured here for each target exported in both (quant/speed.py)."""
-    from ..quant.speed import speed_lines
+def _int8_speed(rows):
+    """Latencies of the validated artifacts measured here, when a target has both fp32 and int8 (quant/speed.py)."""
+    from ..quant.speed import speed_report
 
-    lines, warnings = speed_lines({(t, p): r.artifact for t, p, r in rows if not isinstance(r, EdgerepError)})
-    if lines:
-        print("int8 speed-up over fp32 on this host (1 thread, median): " + "; ".join(lines))
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
+    return speed_report({(t, p): r.artifact for t, p, r in rows if not isinstance(r, EdgerepError)})
 
 
 def _status_of(result: object) -> str:

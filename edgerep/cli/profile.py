@@ -20,6 +20,7 @@ examples:
   edgerep profile model.onnx --device ssh://pi@raspberrypi.local --threads 4 --identity ~/.ssh/id_ed25519
   edgerep profile model.tflite --device adb:R58M123 --threads 4 --benchmark-binary ./benchmark_model
   edgerep profile model.onnx --device host.toml --threads 1         # predicted from `edgerep calibrate`
+  edgerep profile model.mlpackage --device iphone12pro --json       # Core ML: predicted from its MIL program
   edgerep profile --list                                            # the device profiles and their specs
 
 --device host (the default) measures: warm-up, interleaved rounds, median / p90 / spread per thread count,
@@ -29,7 +30,9 @@ leave-one-out error of the fit. A .toml written by `edgerep calibrate` predicts 
 per-kernel regressors (fusion-aware kernel list of the file, fitted on edgerep's kernel suite).
 ssh://user@host copies the file and a small runner to the device and
 times it there with the device's onnxruntime / ai-edge-litert; adb:SERIAL pushes a .tflite and runs
-your benchmark_model build pinned to the big cores. Core ML runs only on macOS and is not profiled here.
+your benchmark_model build pinned to the big cores. A Core ML .mlpackage cannot be measured here (Core ML runs
+only on macOS); for a device profile it is predicted from its MIL program as CPU execution (fp16 programs with
+the fp32 fit), which says nothing about the GPU or Neural Engine Core ML may pick on the phone.
 Exit codes: 0 done, 2 bad input (unknown device, unreadable artifact, runtime cannot run it).
 """
 
@@ -40,11 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="latency of an .onnx / .tflite file: measured on this host, or predicted for a phone profile",
         description="Measure an ONNX or TFLite file's latency on this machine with its own runtime, or predict it "
         "for a device profile (Pixel 1/3/4/7, Galaxy S23, iPhone 12 Pro CPU, Raspberry Pi 4/5) from its "
-        "per-layer cost. Works on any ONNX or TFLite file, not only edgerep's exports.",
+        "per-layer cost. Works on any ONNX or TFLite file, not only edgerep's exports; a Core ML .mlpackage is "
+        "predicted (as CPU execution) from its MIL program.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("artifact", nargs="?", help=".onnx or .tflite file")
+    p.add_argument("artifact", nargs="?", help=".onnx or .tflite file, or .mlpackage (device profiles only)")
     p.add_argument("--device", default="host",
                    help="host (measure), ssh://user@host[:port] or adb:SERIAL (measure there), a profile name "
                    "(predict; see --list) or a device file from edgerep calibrate (predict)")
@@ -183,6 +187,9 @@ def _predict_calibrated(args: argparse.Namespace) -> int:
         raise BadInputError("a calibrated-device prediction takes one --threads value and no --cores")
     cal = load_device_file(args.device)
     cost = graph_cost(args.artifact)
+    if cost.format == "coreml":
+        raise BadInputError(f"{args.device} holds {cal.runtime} kernel timings, which say nothing about Core ML; "
+                            "predict a .mlpackage for a device profile (e.g. --device iphone12pro)")
     tab = cal.table(cost.precision, threads[0])
     pred = predict_table(cost, tab)
     if args.json:

@@ -30,7 +30,9 @@ from ..checkpoints import LoadInfo
 from ..console import captured, progress_bar
 from ..errors import BadInputError, VerificationError
 from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
-from ..images import Batch, ImageList, ImageSource, Preprocess, evenly_spaced, list_images, load_images, match_classes
+from ..images import (
+    Batch, ImageList, ImageSource, Preprocess, evenly_spaced, list_images, load_images, match_classes, typical_short_side,
+)
 from ..proof.numerics import closeness, output_error, top1_accuracy
 from ..reparam import count_blocks
 from .manifest import MANIFEST_VERSION, manifest_path, size_bytes, tool_versions
@@ -238,6 +240,10 @@ def _compare(label: str, kind: str, ref: Tensor, out: Tensor) -> InputSetResult:
     return InputSetResult(label, kind, len(ref), err.max_abs, err.rel, near.cosine, near.cosine_min, near.top1)
 
 
+UPSCALE_LIMIT = 2
+"""Calibration photos smaller than 1/UPSCALE_LIMIT of the input's short side are warned about (blurry, off-domain)."""
+
+
 def _calibration(
     calibration: Images | None, prec, pre: Preprocess, target: str, notes: list[str], model: ModelLabels, bars: bool
 ) -> tuple[Tensor, Tensor | None]:
@@ -263,12 +269,13 @@ def _calibration(
             f" (better {prec.warn_calibration_images}+)"
         )
     if n < prec.warn_calibration_images:
-        note = (
-            f"only {n} calibration images (fewer than {prec.warn_calibration_images}): activation ranges may be"
-            " poorly estimated; use a few hundred images from the deployment domain"
-        )
-        notes.append(note)
-        warnings.warn(note, ExportWarning, stacklevel=3)
+        _warn(notes, f"only {n} calibration images (fewer than {prec.warn_calibration_images}): activation ranges"
+                     " may be poorly estimated; use a few hundred images from the deployment domain")
+    side = None if isinstance(calibration, Tensor) else typical_short_side(files)
+    if side is not None and side * UPSCALE_LIMIT < min(pre.size):
+        _warn(notes, f"calibration photos in {_where(calibration)} are about {side} px, the model takes"
+                     f" {pre.size[0]}x{pre.size[1]}: upscaled {min(pre.size) / side:.0f}x, they give activation ranges"
+                     " unlike real inputs; calibrate with photos at least as large as the input")
     if isinstance(calibration, Tensor):
         x = calibration
     elif isinstance(calibration, Batch):
@@ -276,6 +283,12 @@ def _calibration(
     else:
         x = load_images(files, pre, progress=progress_bar("calibration images") if bars else None).images
     return x.float(), labels
+
+
+def _warn(notes: list[str], note: str) -> None:
+    """A problem the export survives: recorded in the manifest and shown as an ExportWarning."""
+    notes.append(note)
+    warnings.warn(note, ExportWarning, stacklevel=4)
 
 
 def _images(

@@ -1,7 +1,8 @@
-"""Per-layer cost of an exported graph (ONNX or TFLite): op kind, kernel, MACs and bytes moved, from the file alone.
+"""Per-layer cost of an exported graph (ONNX, TFLite or a Core ML ML Program): op kind, kernel, MACs and bytes moved,
+from the file alone (Core ML: ``mil_cost.py``, from the package's MIL program).
 
 This is what the latency predictors run on, so it must be right on any user's file, not only edgerep's exports.
-Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for both formats:
+Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rules, the same for every format:
 
 - every shape is resolved statically (``onnx_shapes.resolve``: shape inference plus folding of shape
   sub-graphs); an op that must be costed but whose shape stays unknown is a BadInputError naming it, and an op
@@ -65,7 +66,8 @@ class LayerCost:
 
 @dataclass
 class GraphCost:
-    """Every op of a graph with its cost; ``precision`` is the compute precision (``fp32`` or ``int8``)."""
+    """Every op of a graph with its cost; ``precision`` is the compute precision (``fp32``, ``int8``, or ``fp16``
+    for a Core ML program)."""
 
     source: str
     format: str
@@ -74,6 +76,8 @@ class GraphCost:
     layers: list[LayerCost] = field(default_factory=list)
     uncosted: list[str] = field(default_factory=list)
     """Ops of a type no cost table knows (name and op): their time is missing, so the total is partial."""
+    notes: list[str] = field(default_factory=list)
+    """What a prediction from this cost must say about it (e.g. how a Core ML program is assumed to run)."""
     io_elements: int = 0
     """Elements of the graph's inputs and outputs: copied in and out once per run, a per-model cost no layer
     accounts for."""
@@ -105,24 +109,26 @@ class GraphCost:
             "input_shape": list(self.input_shape), "io_elements": self.io_elements, "macs": self.macs,
             "ops": len(self.costed),
             "by_kind": self.by_kind(), "partial": self.partial,
-            "uncosted": self.uncosted, "layers": [asdict(layer) for layer in self.layers],
+            "uncosted": self.uncosted, "notes": self.notes, "layers": [asdict(layer) for layer in self.layers],
         }
 
 
 def graph_cost(path: str | Path) -> GraphCost:
-    """The per-layer cost of an ``.onnx`` or ``.tflite`` file; any other suffix is a one-line BadInputError."""
+    """The per-layer cost of an ``.onnx``, ``.tflite`` or ``.mlpackage``; any other suffix is a one-line
+    BadInputError."""
     path = Path(path)
     if path.suffix in (".mlpackage", ".mlmodel"):
-        raise BadInputError(f"{path.name}: Core ML graphs are not costed (Core ML runs only on macOS); "
-                            "give the model's .onnx or .tflite artifact")
+        from .mil_cost import mil_cost
+
+        return mil_cost(path)
     if not path.is_file():
-        raise BadInputError(f"artifact {path} does not exist; give an .onnx or .tflite file")
+        raise BadInputError(f"artifact {path} does not exist; give an .onnx, .tflite or .mlpackage file")
     if path.suffix == ".onnx":
         return _onnx_cost(path)
     if path.suffix == ".tflite":
         return _tflite_cost(path)
     kind = path.suffix or "suffix-less"
-    raise BadInputError(f"{path}: cannot read the graph of a {kind} file; give .onnx or .tflite")
+    raise BadInputError(f"{path}: cannot read the graph of a {kind} file; give .onnx, .tflite or .mlpackage")
 
 
 def classify_conv(groups: int, cin: int, cout: int, kernel: tuple[int, ...]) -> str:
@@ -269,7 +275,7 @@ def _onnx_cost(path: Path) -> GraphCost:
                                 kernel, int(positions)))
     in_shape = shapes.get(first_input.name) or () if first_input is not None else ()
     io = sum(numel(v.name) for v in list(graph.input) + list(graph.output) if v.name not in weights)
-    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted, io)
+    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted, io_elements=io)
 
 
 def _run_time_shape_ops(model, folded: set[str], weights: set[str]) -> set[str]:
@@ -499,7 +505,7 @@ def _tflite_cost(path: Path) -> GraphCost:
     io = sum(math.prod(shape(i)) for i in list(sub.inputs if sub.inputs is not None else [])
              + list(sub.outputs if sub.outputs is not None else []) if i >= 0)
     return GraphCost(str(path), "tflite", "int8" if quantized else "fp32", shape(inp) if inp >= 0 else (), layers,
-                     uncosted, io)
+                     uncosted, io_elements=io)
 
 
 def _has_data(buffer) -> bool:

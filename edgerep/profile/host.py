@@ -81,7 +81,8 @@ def profile_artifact(
     """Time ``path`` with its own runtime at each thread count; peak memory and per-layer times (ONNX) too."""
     path = Path(path)
     if path.suffix in (".mlpackage", ".mlmodel"):
-        raise BadInputError(f"{path.name}: Core ML models run only on macOS; profile the .onnx or .tflite artifact")
+        raise BadInputError(f"{path.name}: Core ML models run only on macOS, so cannot be measured here; predict it "
+                            "for a device profile (--device iphone12pro) or profile the .onnx or .tflite artifact")
     if not path.is_file():
         raise BadInputError(f"artifact {path} does not exist; give an .onnx or .tflite file")
     if path.suffix not in RUNTIMES:

@@ -240,7 +240,8 @@ def predict(cost: GraphCost, profile: Profile, threads: int = 1, precision: str 
     """Predicted latency of ``cost`` on ``profile`` with ``threads`` threads on its fastest cores."""
     if profile.name == HOST:
         raise BadInputError("the host is measured, not predicted: use edgerep.profile.host.profile_artifact")
-    precision = precision or cost.precision
+    computes = precision or cost.precision
+    precision = "int8" if computes == "int8" else "fp32"  # no published fp16 CPU latency to fit: fp32's fit, peak
     f = pooled_fit(precision)
     x = features(cost, profile, threads, precision)
     scale = f.scale.get(profile.name, 1.0)
@@ -251,7 +252,10 @@ def predict(cost: GraphCost, profile: Profile, threads: int = 1, precision: str 
              f"own {len(own)} (x{scale:.2f})" if own else
              f"pooled fit on {f.points} {precision} calibration points of other profiles and {profile.name}'s spec "
              "sheet only: no published measurement of this device is calibrated")
-    notes = []
+    notes = list(cost.notes)
+    if computes != precision:
+        notes.append(f"{computes} graph predicted with the fp32 fit and fp32 peak (no {computes} calibration points); "
+                     "a CPU with fp16 arithmetic may run it faster")
     if any(c.estimate for c in profile.used_cores(threads)):
         notes.append("per-cycle throughput of the used cores is an estimate (see the profile's sources)")
     lo, hi = calibrated_macs(precision)
@@ -268,5 +272,5 @@ def predict(cost: GraphCost, profile: Profile, threads: int = 1, precision: str 
         notes.append("PARTIAL: ops of unknown cost are left out: " + ", ".join(cost.uncosted[:5]))
     loo = {**loo_summary(profile.name, precision), "leave_one_family_out": {k: v for k, v in lofo.items()
                                                                              if k != "rows"}}
-    return Prediction(profile.name, threads, precision, float(per_layer.sum()), list(zip(costed, per_layer.tolist())),
+    return Prediction(profile.name, threads, computes, float(per_layer.sum()), list(zip(costed, per_layer.tolist())),
                       loo, f, basis, notes=notes)

@@ -4,7 +4,7 @@ The latency predictor is calibrated on published measurements (TFLite benchmark 
 EfficientNet-lite READMEs); to fit it we need the cost of each layer of the very networks measured. Each
 builder below writes that list the way a TFLite graph holds it (conv + BN + ReLU/ReLU6 fused into one op,
 HARD_SWISH, the squeeze-excite's MEAN / two 1x1 convs / gate / MUL as separate ops), in NHWC, batch 1. Their
-MACs are checked against the published figures in tests/test_predict.py (``PUBLISHED_MACS``).
+MACs are checked against the published figures in tests/profile/test_predict.py (``PUBLISHED_MACS``).
 """
 
 from __future__ import annotations

@@ -44,6 +44,25 @@ def randomize_bn(module: nn.Module, generator: torch.Generator | None = None) ->
     return module
 
 
+@torch.no_grad()
+def measure_bn_statistics(module: nn.Module, images: Tensor, batch: int = 16) -> nn.Module:
+    """Set every BatchNorm's running mean / var to the cumulative statistics of ``images``; returns it in eval mode.
+
+    Random weights with random statistics give a nearly input-independent output; statistics measured on real photos
+    make every layer see normalized activations, as in a trained network, which is what makes re-param nets hard
+    to quantize.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over all batches
+    module.eval()
+    for bn in bns:
+        bn.train()
+    for start in range(0, len(images), batch):
+        module(images[start : start + batch])
+    return module.eval()
+
 
 @dataclass(frozen=True)
 class Closeness:

@@ -2,18 +2,20 @@
 
 int8 speed depends on the CPU (VNNI or not) and on the graph form (``bench/int8_speed.py``): on an AVX2 x86 host
 an int8 RepGhostNet ran at half the speed of fp32. ``edgerep export`` times both artifacts of a target here with
-its own runtime (1 thread, interleaved rounds, medians) and says when int8 is not faster.
+its own runtime (1 thread, interleaved rounds, medians), says when int8 is not faster, and which artifact is the
+fastest here.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..proof.metrics import interleaved_times
 
 TIMED_SUFFIXES = (".onnx", ".tflite")  # runtimes that run here; Core ML / ExecuTorch speed is not judged on x86
 
@@ -31,22 +33,18 @@ class Speedup:
         return {"fp32_ms": round(self.fp32_ms, 3), "int8_ms": round(self.int8_ms, 3), "speedup": round(self.ratio, 3)}
 
 
-def int8_speedup(fp32: Path, int8: Path, *, rounds: int = 5, per_round: int = 5, warmup: int = 2) -> Speedup | None:
-    """Median latency (1 thread, batch as exported) of both artifacts, interleaved; None for untimed formats."""
-    if fp32.suffix not in TIMED_SUFFIXES or int8.suffix != fp32.suffix:
-        return None
-    runners = [_runner(fp32), _runner(int8)]
-    times: list[list[float]] = [[], []]
-    for run in runners:
-        for _ in range(warmup):
-            run()
-    for r in range(rounds):
-        for i in ((0, 1) if r % 2 == 0 else (1, 0)):
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                runners[i]()
-                times[i].append((time.perf_counter() - t0) * 1e3)
-    return Speedup(statistics.median(times[0]), statistics.median(times[1]))
+def median_latencies(artifacts: dict[tuple[str, str], Path], *, rounds: int = 5, per_round: int = 5,
+                     warmup: int = 2) -> dict[tuple[str, str], float]:
+    """Median latency (ms, 1 thread, batch as exported) of every artifact timed here, all in one interleaved run.
+
+    One run for all, so that ratios between targets are as meaningful as ratios within one. Measured as the
+    thread's CPU time: both runtimes compute on the calling thread at one thread, and a loaded machine (a CI
+    runner, a laptop building something) then still gives the ratio of the work itself. Core ML / ExecuTorch
+    artifacts are left out (no runtime for them on this x86 host).
+    """
+    calls = {key: _runner(path) for key, path in artifacts.items() if path.suffix in TIMED_SUFFIXES}
+    samples = interleaved_times(calls, rounds=rounds, per_round=per_round, warmup=warmup, clock="thread-cpu")
+    return {key: statistics.median(v) for key, v in samples.items()}
 
 
 def _runner(path: Path) -> Callable[[], object]:
@@ -71,18 +69,47 @@ def _runner(path: Path) -> Callable[[], object]:
     return interp.invoke
 
 
-def speed_lines(artifacts: dict[tuple[str, str], Path]) -> tuple[list[str], list[str]]:
-    """For ``{(target, precision): artifact}``: one line per target with fp32 and int8, and warnings when int8 is not faster."""
-    lines, warnings = [], []
-    for target in sorted({t for t, _ in artifacts}):
-        fp32, int8 = artifacts.get((target, "fp32")), artifacts.get((target, "int8"))
-        if fp32 is None or int8 is None:
-            continue
-        s = int8_speedup(fp32, int8)
-        if s is None:
-            continue
-        lines.append(f"{target}: int8 {s.int8_ms:.3g} ms vs fp32 {s.fp32_ms:.3g} ms -> {s.ratio:.2f}x")
-        if s.ratio <= 1.0:
-            warnings.append(f"{target} int8 is not faster than fp32 on this host ({s.ratio:.2f}x, 1 thread): ship fp32"
-                            " here, or measure on the device that will run it (edgerep profile --device)")
-    return lines, warnings
+@dataclass(frozen=True)
+class SpeedReport:
+    """Latencies of the artifacts timed here; which one to ship, and where int8 is not faster than fp32.
+
+    Shipping an int8 file that is slower than the fp32 one is the mistake this prevents, so every target whose
+    int8 is not faster gets a warning naming the fastest artifact instead.
+    """
+
+    medians_ms: dict[tuple[str, str], float]
+
+    @property
+    def speedups(self) -> dict[str, Speedup]:
+        m = self.medians_ms
+        return {t: Speedup(m[(t, "fp32")], m[(t, "int8")]) for t in sorted({t for t, _ in m})
+                if (t, "fp32") in m and (t, "int8") in m}
+
+    @property
+    def fastest(self) -> tuple[str, str] | None:
+        return min(self.medians_ms, key=self.medians_ms.get) if self.medians_ms else None
+
+    def lines(self) -> list[str]:
+        """One line per target timed in both precisions, then the fastest artifact (nothing without a pair)."""
+        out = [f"{t}: int8 {s.int8_ms:.3g} ms vs fp32 {s.fp32_ms:.3g} ms -> {s.ratio:.2f}x"
+               for t, s in self.speedups.items()]
+        if out and self.fastest:
+            out.append(f"fastest here: {' '.join(self.fastest)} ({self.medians_ms[self.fastest]:.3g} ms)")
+        return out
+
+    def warnings(self) -> list[str]:
+        ship = " ".join(self.fastest or ())
+        return [f"{t} int8 is not faster than fp32 on this host ({s.ratio:.2f}x, 1 thread): ship {ship} here, or"
+                " measure on the device that will run it (edgerep profile --device)"
+                for t, s in self.speedups.items() if s.ratio <= 1.0]
+
+    def to_dict(self) -> dict:
+        return {"threads": 1, "median_ms": {f"{t} {p}": round(v, 4) for (t, p), v in self.medians_ms.items()},
+                "int8_speedup": {t: s.to_dict() for t, s in self.speedups.items()},
+                "fastest": " ".join(self.fastest) if self.fastest else None}
+
+
+def speed_report(artifacts: dict[tuple[str, str], Path]) -> SpeedReport:
+    """Time ``{(target, precision): artifact}`` here, when some target has both an fp32 and an int8 artifact."""
+    pairs = {t for t, p in artifacts if p == "int8" and (t, "fp32") in artifacts}
+    return SpeedReport(median_latencies(artifacts) if pairs else {})

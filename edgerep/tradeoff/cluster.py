@@ -150,7 +150,8 @@ def _started(tracker, key: str) -> str:
 
 
 def _export_task(tracker, key: str, model: tuple, target: str, precision: str, ckpt_blob: bytes, images_blob: bytes,
-                 calib_blob: bytes | None, store: str | None) -> tuple[tuple[Exported, str], bytes | None]:
+                 calib_blob: bytes | None, store: str | None,
+                 overrides: dict | None = None) -> tuple[tuple[Exported, str], bytes | None]:
     """Export one (model, target, precision) on this node; the artifact comes back as bytes unless ``store``."""
     import torch
 
@@ -164,7 +165,7 @@ def _export_task(tracker, key: str, model: tuple, target: str, precision: str, c
         folder = (Path(store) if store else Path(tmp) / "out") / output_folder(name, ckpt)
         try:
             [e] = export_one(name, ckpt, note, [(target, precision)], output_dir=folder, images=images,
-                             calibration=calib, say=lambda _m: None)
+                             calibration=calib, say=lambda _m: None, overrides=overrides)
         except EdgerepError as exc:  # e.g. this worker lacks the converter: this row fails, the others go on
             e = Exported(fallback, target, precision, None, None, None, None, f"export failed on {node[:8]}: {exc}")
         blob = pack(folder) if e.artifact is not None and not store else None
@@ -218,6 +219,7 @@ def run_bench_ray(
     artifact_store: str | Path | None = None,
     progress: Progress | None = None,
     ssh=None,
+    overrides: dict | None = None,
 ) -> RayRun:
     """Run the sweep on the cluster at ``address``; the rows are those ``run_bench`` makes, plus the node."""
     connect(address)
@@ -226,18 +228,19 @@ def run_bench_ray(
     try:
         return _Driver(models, plan, devices, threads, Path(output_dir), images, calibration,
                        Path(artifact_store).resolve() if artifact_store else None, progress or (lambda _m: None),
-                       ssh).run()
+                       ssh, overrides).run()
     finally:
         ray.shutdown()
 
 
 class _Driver:
-    def __init__(self, models, plan, devices, threads, out: Path, images, calibration, store, say, ssh) -> None:
+    def __init__(self, models, plan, devices, threads, out: Path, images, calibration, store, say, ssh,
+                 overrides) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        self.ray, self.plan, self.threads, self.out, self.store, self.say, self.ssh = (
-            ray, plan, threads, out, store, say, ssh)
+        self.ray, self.plan, self.threads, self.out, self.store, self.say, self.ssh, self.overrides = (
+            ray, plan, threads, out, store, say, ssh, overrides)
         self.nodes = _Nodes.now()
         self.devices = expand_devices(devices, self.nodes)  # refused here, before any work
         here = ray.get_runtime_context().get_node_id()
@@ -269,7 +272,7 @@ class _Driver:
                 def submit(attempt, k=key, t=target, pr=precision, c=ckpt_blob, mo=model):
                     fn = self.export_fn.options(num_returns=2, max_retries=0, num_cpus=1)
                     first, blob = fn.remote(self.tracker, attempt, mo, t, pr, c, self.images, self.calib,
-                                            str(self.store) if self.store else None)
+                                            str(self.store) if self.store else None, self.overrides)
                     self._blob_of_key[k] = blob
                     return first
 

@@ -35,6 +35,9 @@ def latency(artifact: str | Path, device: str, threads: int = 1, precision: str 
     """Measure (host, ssh, adb) or predict (a device profile) the batch-1 latency of ``artifact``.
 
     ``ssh`` (``devices.ssh.SshOptions``) says how to reach an ``ssh://`` device (key, remote Python).
+    ``precision`` is the export's label (``fp16``, ``w8``, ``palettize4``...); a prediction uses what the graph
+    itself computes in instead (a TFLite fp16 file computes in fp32, a palettized Core ML program in fp16) and
+    says so when the two differ.
     """
     path = Path(artifact)
     if is_host(device):
@@ -49,7 +52,11 @@ def latency(artifact: str | Path, device: str, threads: int = 1, precision: str 
                        [r.error] if r.error else [], r.to_dict())
     from ..profile import get_profile, graph_cost, predict
 
-    pred = predict(graph_cost(path), get_profile(device), threads, precision)
+    cost = graph_cost(path)
+    pred = predict(cost, get_profile(device), threads)
     notes = [pred.basis, *pred.notes]
-    return Latency(pred.ms, None, "predicted", device, "roofline model", threads, notes, pred.to_dict())
+    if precision and precision != pred.precision:
+        notes.append(f"exported as {precision}; the graph computes in {pred.precision}")
+    runtime = "roofline model (Core ML graph as CPU)" if cost.format == "coreml" else "roofline model"
+    return Latency(pred.ms, None, "predicted", device, runtime, threads, notes, pred.to_dict())
 

@@ -68,14 +68,17 @@ def output_folder(name: str | None, ckpt: Path) -> str:
 
 def export_one(
     name: str | None, ckpt: Path, note: str, plan: list[tuple[str, str]], *, output_dir: Path,
-    images: str | Path, calibration: str | Path | None, say: Progress,
+    images: str | Path, calibration: str | Path | None, say: Progress, overrides: dict | None = None,
 ) -> list[Exported]:
-    """Export ``plan`` for one model and summarize every artifact (failures included) for the rows."""
+    """Export ``plan`` for one model and summarize every artifact (failures included) for the rows.
+
+    ``overrides``: geometry flags (input size, mean/std, labels...) over what each checkpoint's meta says.
+    """
     from ..api import export_checkpoint
 
     exported, info = export_checkpoint(
         name, ckpt, plan=plan, output_dir=output_dir, calibration=calibration or images, validation=images,
-        progress=say,
+        progress=say, overrides=overrides,
     )
     return [summarize(info.model, t, p, result, note) for t, p, result in exported]
 
@@ -130,6 +133,7 @@ def run_bench(
     calibration: str | Path | None = None,
     progress: Progress | None = None,
     ssh=None,
+    overrides: dict | None = None,
 ) -> list[TradeoffRow]:
     say = progress or (lambda _msg: None)
     out = Path(output_dir)
@@ -139,7 +143,7 @@ def run_bench(
         for name, ckpt, note in sources:
             folder = out / output_folder(name, ckpt)
             for e in export_one(name, ckpt, note, plan, output_dir=folder, images=images, calibration=calibration,
-                                say=say):
+                                say=say, overrides=overrides):
                 for device in devices:
                     for n in threads:
                         if e.artifact is None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 import sys
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import CumMax
@@ -118,6 +120,24 @@ def test_int8_of_the_shipped_model_on_real_photos(tmp_path: Path) -> None:
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     assert not ops & {"ConvInteger", "DynamicQuantizeLinear", "MatMulInteger"}  # never dynamic quantization
     assert r.size_bytes < 0.5 * 4_188_571  # well under the fp32 file
+
+
+@pytest.mark.parametrize("side, warned", [(4, True), (12, False)])
+def test_int8_warns_about_calibration_photos_far_smaller_than_the_input(tmp_path: Path, side: int, warned: bool) -> None:
+    """4 px photos for a 16 px input are upscaled 4x: calibrated, but with a warning in the manifest."""
+    from PIL import Image
+
+    photos = tmp_path / "calib"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (side, side + 2, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = _export(_tiny(), tmp_path / "out", "int8", calibration=photos, tolerance={"top1_agreement": 0.0})
+    upscaled = [str(w.message) for w in seen if "upscaled" in str(w.message)]
+    assert bool(upscaled) == warned and (not warned or f"about {side} px" in upscaled[0])
+    assert any("upscaled" in n for n in r.manifest["notes"]) == warned
 
 
 def test_int8_floor_is_configurable_and_failure_keeps_nothing(tmp_path: Path) -> None:

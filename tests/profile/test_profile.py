@@ -159,7 +159,7 @@ def test_graph_cost_bad_files(tmp_path):
         graph_cost(junk)
     other = tmp_path / "model.pt"
     other.write_bytes(b"x")
-    with pytest.raises(BadInputError, match=r"\.onnx or \.tflite"):
+    with pytest.raises(BadInputError, match=r"\.onnx, \.tflite or \.mlpackage"):
         graph_cost(other)
 
 

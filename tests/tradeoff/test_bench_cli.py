@@ -37,3 +37,14 @@ def test_bench_bad_input_exits_2_before_work(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not list(tmp_path.glob("tradeoff.*"))
+
+
+def test_bench_takes_the_input_geometry_flags(tmp_path, capsys):
+    """A bare zoo name at the --input-size given (not its 224 px default): the artifact's input is 48x48."""
+    pytest.importorskip("onnxruntime")
+    code = main(["bench", "repvgg_a0_narrow", "--input-size", "48", "--target", "onnx", "--precision", "fp32",
+                 "--device", "host", "--no-plot", "-o", str(tmp_path), "--json"])
+    assert code == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    manifest = json.loads(next(tmp_path.rglob("*.onnx.json")).read_text())
+    assert row["status"] == "random weights" and manifest["input"]["shape"] == [1, 3, 48, 48]
