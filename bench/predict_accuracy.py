@@ -99,6 +99,31 @@ def thread_cpu_ms(path: Path, runs: int = 15, warmup: int = 3) -> tuple[float, f
     return min(cpu), min(wall)
 
 
+def _family(model: str) -> str:
+    """Architecture family of a style net or zoo name: ``regnetx_200mf_224`` -> ``regnet``, ``mnv3_small_0.5_128``
+    -> ``mobilenet``."""
+    head = model.split("_")[0].rstrip("0123456789")
+    return {"mnv": "mobilenet", "mobilenetv": "mobilenet", "effnet": "efficientnet", "regnetx": "regnet",
+            "regnety": "regnet", "repghostnet": "ghostnet"}.get(head, head)
+
+
+def _measured(path: Path, order: list, threads: tuple[int, ...], clock: str) -> tuple[dict, list]:
+    """The per-pass measurements of an earlier run, keyed like a fresh run's (refused if they do not match)."""
+    old = json.loads(path.read_text())
+    if old.get("clock") != clock:
+        raise SystemExit(f"{path}: measured with --clock {old.get('clock')}, not {clock}")
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for r in old["rows"]:
+        for i, (wall_or_median, fastest_or_cpu) in enumerate(r["measured_passes_median_min_ms"]):
+            while len(runs.setdefault((r["model"], r["precision"]), [])) <= i:
+                runs[(r["model"], r["precision"])].append({})
+            runs[(r["model"], r["precision"])][i][r["threads"]] = (wall_or_median, fastest_or_cpu)
+    missing = [f"{n} {p}" for n, p, _ in order if any(t not in r for r in runs.get((n, p), [{}]) for t in threads)]
+    if missing:
+        raise SystemExit(f"{path} has no measurement of {missing[0]}")
+    return runs, old.get("loadavg_per_pass", [])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device-files", required=True, help="comma list of edgerep calibrate outputs (one per threads)")
@@ -110,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clock", choices=("wall", "thread-cpu"), default="wall",
                    help="wall: profile_artifact as `edgerep profile` (default); thread-cpu: 1 thread only, CPU time "
                    "of the computing thread, which a loaded machine does not inflate")
+    p.add_argument("--reuse-measured", metavar="JSON",
+                   help="take the measured times from an earlier output of this script (same models, clock and "
+                   "threads) and only predict again: for a refitted device file, without timing anything")
     p.add_argument("--out", default="bench/results/predict_accuracy.json")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -127,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[tuple[str, str], list[dict]] = {}
     loads = []
     order = [(n, prec, path) for n, (f, q) in files.items() for prec, path in (("fp32", f), ("int8", q))]
-    for i in range(args.passes):
+    if args.reuse_measured:
+        runs, loads = _measured(Path(args.reuse_measured), order, threads, args.clock)
+    for i in range(0 if args.reuse_measured else args.passes):
         loads.append(os.getloadavg()[0])
         for name, prec, path in order if i % 2 == 0 else order[::-1]:
             if args.clock == "thread-cpu":
@@ -138,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             prof = profile_artifact(path, threads, rounds=args.rounds)
             runs.setdefault((name, prec), []).append({t.threads: (t.median_ms, t.min_ms) for t in prof.timings})
             print(f"pass {i}: {name} {prec}: {[(t.median_ms, t.min_ms) for t in prof.timings]}", file=sys.stderr)
-    loads.append(os.getloadavg()[0])
+    if not args.reuse_measured:
+        loads.append(os.getloadavg()[0])
     rows = []
     for name, prec, path in order:
         cost = graph_cost(path)
@@ -170,8 +201,15 @@ def main(argv: list[str] | None = None) -> int:
             if e:
                 summary[f"{prec}_{t}t"] = {"n": len(e), "within_10pct": sum(x <= 0.10 for x in e),
                                             "median_abs_error": round(statistics.median(e), 4)}
+    families: dict[str, list[float]] = {}
+    for r in rows:
+        if r["error"] is not None:
+            families.setdefault(_family(r["model"]), []).append(abs(r["error"]))
+    summary["by_family"] = {f: {"n": len(e), "within_10pct": sum(x <= 0.10 for x in e),
+                                "median_abs_error": round(statistics.median(e), 4)} for f, e in sorted(families.items())}
     cpu = describe_cpu()
     out = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "clock": args.clock,
+           "measured_in": args.reuse_measured or "this run",
            "cpu": {"model": cpu["model"], "flags": cpu["vector_flags"], "logical_cpus": cpu["logical_cpus"]},
            "device_files": [str(c.path) for c in cals], "loadavg_per_pass": loads, "summary": summary, "rows": rows}
     path = Path(args.out)

@@ -33,7 +33,7 @@ from .kernel_suite import KERNELS, KernelSpec, build_onnx, sample_specs
 from .kernel_table import KernelTable, fit_table, table_from_rows, table_to_rows
 
 PRECISIONS = ("fp32", "int8")
-FORMAT = 1
+FORMAT = 2
 """Device-file layout version: a file with another one is refused (re-run ``edgerep calibrate``)."""
 
 
@@ -58,7 +58,7 @@ class Calibrated:
 
 
 def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", threads: int = 1,
-              budget_min: float = 10.0, per_kernel: int = 8, kernels: tuple[str, ...] | None = None,
+              budget_min: float = 14.0, per_kernel: int = 20, kernels: tuple[str, ...] | None = None,
               progress: bool = True, ssh=None, adb=None) -> Path:
     """Time the suite on ``device``, fit, write the device file ``out``; returns its path."""
     out = Path(out)
@@ -230,7 +230,8 @@ def _device_toml(name: str, device: str, runtime: str, machine: dict, tables: li
     ]
     for t in tables:
         lines += ["", "[[fits]]", f"precision = {_toml_value(t.precision)}", f"threads = {t.threads}",
-                  f"call_us = {t.call_us:.6g}", f"models = {t.models}", f"median_abs_error = {t.median_abs_error}"]
+                  f"call_us = {t.call_us:.6g}", f"io_us_per_melem = {t.io_us_per_melem:.6g}", f"models = {t.models}",
+                  f"median_abs_error = {t.median_abs_error}"]
     for t in tables:
         for row in table_to_rows(t):
             lines += ["", "[[kernels]]"] + [f"{k} = {_toml_value(v)}" for k, v in row.items()]

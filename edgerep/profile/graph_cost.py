@@ -14,12 +14,16 @@ Costs are per batch-1 inference (a symbolic batch dimension is taken as 1). Rule
 - ``bytes``: activations read and written plus weights read, in the dtype the runtime computes in (a
   quantized ONNX QDQ graph holds float tensors between its Q/DQ pairs, but runtimes fuse them into int8 kernels,
   so its tensors count 1 byte per element).
+- ``positions``: output pixels of a convolution (x groups for a grouped conv): per-pixel and per-group work
+  that MACs and bytes do not capture.
 - ``kernel``: what the runtime executes, e.g. ``depthwise3x3s2``, ``pointwise``, ``act:hardswish``, ``mul``,
-  ``pool:global``, ``copy:concat``, ``requant``: the key of a calibrated device's per-kernel regressors.
+  ``mul_broadcast``, ``pool:global``, ``copy:concat``, ``requant``: the key of a calibrated device's per-kernel
+  regressors.
 - kind ``fused``: work a runtime folds into the kernel before it (BatchNorm, a bias add, ReLU/clip and - in
   onnxruntime - sigmoid / hard-sigmoid / tanh / leaky-ReLU after a conv; Q/DQ pairs around int8 kernels): no
   cost, no per-op overhead. Kind ``requant``: a Q/DQ pair the runtime keeps (around an op it has no int8 kernel
-  for). Kind ``free``: reshapes and shape arithmetic, which move no data.
+  for). Kind ``shape``: shape arithmetic on a symbolic dimension (TF-"same" pads of a dynamic-batch export), which
+  moves no data but is one more op launched on every run. Kind ``free``: reshapes and constant shape arithmetic.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 from ..errors import BadInputError, require
 
 COMPUTE_KINDS = ("conv", "pointwise", "depthwise", "fc")
-COSTED_KINDS = COMPUTE_KINDS + ("activation", "elementwise", "pool", "data", "requant", "unknown")
+COSTED_KINDS = COMPUTE_KINDS + ("activation", "elementwise", "pool", "data", "requant", "shape", "unknown")
 KINDS = COSTED_KINDS + ("fused", "free")
 """Kinds that cost time and a kernel launch; ``fused`` and ``free`` cost nothing."""
 
@@ -50,6 +54,10 @@ class LayerCost:
     act_bytes: int = 0
     out_shape: tuple[int, ...] = ()
     kernel: str = ""
+    positions: int = 0
+    """Convolutions: output pixels (times groups for a grouped conv). Runtimes pay per output pixel (im2col /
+    indirection, packing, int8 requantization) and per group (one small GEMM each) on top of the MACs: a 4-channel
+    depthwise, a 12-channel int8 pointwise or a narrow-group conv costs far more per MAC than a wide one."""
 
     @property
     def bytes(self) -> int:
@@ -70,6 +78,9 @@ class GraphCost:
     """Ops of a type no cost table knows (name and op): their time is missing, so the total is partial."""
     notes: list[str] = field(default_factory=list)
     """What a prediction from this cost must say about it (e.g. how a Core ML program is assumed to run)."""
+    io_elements: int = 0
+    """Elements of the graph's inputs and outputs: copied in and out once per run, a per-model cost no layer
+    accounts for."""
 
     @property
     def partial(self) -> bool:
@@ -95,7 +106,8 @@ class GraphCost:
     def to_dict(self) -> dict:
         return {
             "source": self.source, "format": self.format, "precision": self.precision,
-            "input_shape": list(self.input_shape), "macs": self.macs, "ops": len(self.costed),
+            "input_shape": list(self.input_shape), "io_elements": self.io_elements, "macs": self.macs,
+            "ops": len(self.costed),
             "by_kind": self.by_kind(), "partial": self.partial,
             "uncosted": self.uncosted, "notes": self.notes, "layers": [asdict(layer) for layer in self.layers],
         }
@@ -155,9 +167,10 @@ _ONNX_FC = {"Gemm", "MatMul", "QLinearMatMul", "MatMulInteger", "QGemm", "MatMul
 _ONNX_QUANT = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
                "QLinearAdd", "QLinearGlobalAveragePool", "QLinearMul", "QLinearConcat", "QGemm",
                "QLinearSigmoid", "QLinearAveragePool", "DynamicQuantizeLinear"}
-_CONV_FUSED_ACT = {"fp32": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "Tanh"}, "int8": {"Relu", "Clip"}}
-"""Activations onnxruntime fuses into the conv before it (its ConvActivationFusion; int8 QDQ keeps only ReLU /
-clip, which requantization absorbs). BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
+_CONV_FUSED_ACT = {"fp32": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"},
+                   "int8": {"Relu", "Clip"}}
+"""Activations onnxruntime fuses into the conv before it (its ConvActivationFusion and the activation of its
+blocked-layout fp32 conv, hard-swish included; int8 QDQ keeps only ReLU / clip, which requantization absorbs). BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
 _INT8_OPS = _ONNX_CONV | _ONNX_FC | {
     "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Transpose", "Squeeze",
     "Unsqueeze", "Flatten", "Resize", "Relu", "Clip", "Sigmoid", "LeakyRelu", "Softmax", "Split", "Pad", "Slice",
@@ -202,6 +215,8 @@ def _onnx_cost(path: Path) -> GraphCost:
         if n.op_type in ("DequantizeLinear", "Cast", "Transpose", "Identity") and n.input and n.input[0] in const:
             const.update(n.output)
 
+    at_run_time = _run_time_shape_ops(model, res.folded, weights)
+
     def numel(name: str) -> int:
         return math.prod(shapes.get(name) or ())
 
@@ -214,13 +229,16 @@ def _onnx_cost(path: Path) -> GraphCost:
         op = node.op_type
         name = node.name or f"{op}_{i}"
         out = node.output[0] if node.output else ""
+        if out in at_run_time:
+            layers.append(LayerCost(name, op, "shape", kernel="shape"))
+            continue
         if out in const or op in _ONNX_FREE:
             layers.append(LayerCost(name, op, "free", kernel="free"))
             continue
         acts_in = [x for x in node.input if x and x not in const]
         w_in = [x for x in node.input if x and x in const]
         src = producer.get(acts_in[0]) if acts_in else None
-        kind, kernel = _onnx_kind(node, src, consumers, producer, precision)
+        kind, kernel = _onnx_kind(node, src, consumers, producer, precision, shapes)
         if kind in ("fused", "free"):
             layers.append(LayerCost(name, op, kind, kernel=kind))
             continue
@@ -231,7 +249,7 @@ def _onnx_cost(path: Path) -> GraphCost:
                                 "even after folding the shape sub-graphs; export with static shapes")
         act_bytes = sum(nbytes(x) for x in acts_in) + sum(nbytes(o) for o in node.output if o)
         w_bytes = sum(nbytes(x) for x in w_in)
-        macs, elements = 0, math.prod(out_shape)
+        macs, elements, positions = 0, math.prod(out_shape), 0
         if kind in COMPUTE_KINDS and op in _ONNX_CONV:
             w = node.input[3] if op == "QLinearConv" else node.input[1]
             wshape = shapes.get(w) or ()
@@ -239,8 +257,9 @@ def _onnx_cost(path: Path) -> GraphCost:
             k = tuple(wshape[2:])
             kind = classify_conv(groups, wshape[1] * groups, wshape[0], k)
             stride = max(_attr(node, "strides", [1]) or [1])
-            kernel = _conv_kernel(kind, k, stride, groups)
+            kernel = _conv_kernel(kind, k, stride, groups, wshape[1])
             macs = math.prod(out_shape) * math.prod(wshape[1:])
+            positions = _positions(kind, math.prod(out_shape[2:]), groups)
         elif kind == "fc":
             a = node.input[0]
             ka = shapes.get(a) or (0,)
@@ -248,15 +267,33 @@ def _onnx_cost(path: Path) -> GraphCost:
             macs = math.prod(out_shape) * k
         elif kind == "pool":
             elements = sum(numel(x) for x in acts_in)
+        elif kind == "elementwise" and any(x and 0 < numel(x) < elements for x in node.input):
+            kernel += "_broadcast"  # one operand per channel (squeeze-excite gating, a scale): another code path
         elif kind == "unknown":
             uncosted.append(f"{name} ({op})")
         layers.append(LayerCost(name, op, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
-                                kernel))
+                                kernel, int(positions)))
     in_shape = shapes.get(first_input.name) or () if first_input is not None else ()
-    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted)
+    io = sum(numel(v.name) for v in list(graph.input) + list(graph.output) if v.name not in weights)
+    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted, io_elements=io)
 
 
-def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tuple[str, str]:
+def _run_time_shape_ops(model, folded: set[str], weights: set[str]) -> set[str]:
+    """Outputs of folded shape arithmetic that a runtime still evaluates on every run: with a symbolic input
+    dimension it cannot fold ``Shape`` of anything that depends on the input, nor what is computed from it."""
+    graph = model.graph
+    symbolic = any(not (d.HasField("dim_value") and d.dim_value > 0) for i in graph.input if i.name not in weights
+                   for d in i.type.tensor_type.shape.dim)
+    if not symbolic:
+        return set()
+    dynamic = {i.name for i in graph.input if i.name not in weights}
+    for n in graph.node:  # topological order: an output is dynamic when any input is
+        if any(x in dynamic for x in n.input):
+            dynamic.update(n.output)
+    return {o for o in folded if o in dynamic}
+
+
+def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str, shapes: dict) -> tuple[str, str]:
     """(kind, kernel) of one ONNX node, fusions included; the conv kernel is completed by the caller."""
     op = node.op_type
     if op in _ONNX_CONV:
@@ -272,6 +309,10 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tu
         else:
             neighbours_int8 = src is not None and src.op_type in _INT8_OPS
         return ("fused", "fused") if neighbours_int8 else ("requant", "requant")
+    if precision == "fp32" and op in ("Sigmoid", "Mul"):
+        part = _silu_part(node, producer, consumers)
+        if part:
+            return ("fused", "fused") if part == "gate" else ("activation", "act:silu")
     single = src is not None and len(consumers.get(node.input[0], [])) == 1
     base = src
     while base is not None and base.op_type == "DequantizeLinear":  # QDQ: look through the DQ to the kernel
@@ -282,6 +323,11 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tu
             return "fused", "fused"
         if op == "Add" and len([x for x in node.input if x]) == 2 and _is_const_like(node, producer):
             return "fused", "fused"  # bias add folded into the conv / matmul
+    if precision == "fp32" and op in ("Add", "Sum") and _residual_into_conv(node, producer, consumers, shapes):
+        return "fused", "fused"
+    if (single and op in _CONV_FUSED_ACT["fp32"] and precision == "fp32" and src.op_type in ("Add", "Sum")
+            and _residual_into_conv(src, producer, consumers, shapes)):
+        return "fused", "fused"  # conv + residual add + activation: one kernel
     if op in _ONNX_ACT:
         return "activation", f"act:{_ONNX_ACT[op]}"
     if op in _ONNX_BINARY:
@@ -297,6 +343,33 @@ def _onnx_kind(node, src, consumers: dict, producer: dict, precision: str) -> tu
     return "unknown", f"unknown:{op}"
 
 
+def _silu_part(node, producer: dict, consumers: dict) -> str:
+    """``gate`` / ``mul`` when ``node`` is the sigmoid / the multiply of x * sigmoid(x) (SiLU, swish), which
+    onnxruntime runs as one fp32 kernel; else ``""``."""
+    if node.op_type == "Sigmoid":
+        users = consumers.get(node.output[0], [])
+        return "gate" if len(users) == 1 and _silu_part(users[0], producer, consumers) == "mul" else ""
+    a, b = (list(node.input) + ["", ""])[:2]
+    for x, gate in ((a, b), (b, a)):
+        p = producer.get(gate)
+        if p is not None and p.op_type == "Sigmoid" and p.input[0] == x and x:
+            return "mul"
+    return ""
+
+
+def _residual_into_conv(node, producer: dict, consumers: dict, shapes: dict) -> bool:
+    """A residual add onnxruntime folds into the fp32 conv producing one of its inputs (its blocked-layout conv
+    accumulates onto the other input): the conv is dense or depthwise (grouped convs run another kernel) and the
+    add is the only reader of its output."""
+    for x in node.input:
+        p = producer.get(x)
+        if p is not None and p.op_type == "Conv" and len(consumers.get(x, [])) == 1:
+            weight = shapes.get(p.input[1]) or ()
+            if _attr(p, "group", 1) == 1 or (len(weight) > 1 and weight[1] == 1):  # dense, or one channel per group
+                return True
+    return False
+
+
 def _is_const_like(node, producer: dict) -> bool:
     """One input of ``node`` is an initializer (no producer) or a Constant / DequantizeLinear of one."""
     for x in node.input[1:2] + node.input[0:1]:
@@ -306,13 +379,27 @@ def _is_const_like(node, producer: dict) -> bool:
     return False
 
 
-def _conv_kernel(kind: str, k: tuple[int, ...], stride: int, groups: int = 1) -> str:
-    """Kernel name of a convolution: runtimes pick different code per kernel size, stride and grouping."""
+def _positions(kind: str, pixels: int, groups: int) -> int:
+    """Output pixels of a convolution, times its groups when it is a grouped (not depthwise) conv."""
+    return pixels * (groups if kind == "conv" else 1)
+
+
+GROUP_WIDTHS = (4, 8, 16, 32, 64)
+"""Channels per group a grouped-conv kernel name is rounded to: runtimes pick their code by the group width
+(onnxruntime's blocked fp32 conv takes groups of 16, 32, 64 channels; 8 go through a per-group GEMM, twice as
+slow per MAC), so each width is a kernel of its own."""
+
+
+def _conv_kernel(kind: str, k: tuple[int, ...], stride: int, groups: int = 1, width: int = 0) -> str:
+    """Kernel name of a convolution: runtimes pick different code per kernel size, stride and grouping (a grouped
+    conv's name ends in its group width rounded to ``GROUP_WIDTHS``, e.g. ``gconv3x3s1w8``)."""
     if kind == "pointwise":
         return "pointwise" if stride == 1 else "pointwise_s2"
     size = "x".join(str(d) for d in k)
-    prefix = "gconv" if kind == "conv" and groups > 1 else kind
-    return f"{prefix}{size}s{min(stride, 2)}"
+    if kind == "conv" and groups > 1:
+        near = min(GROUP_WIDTHS, key=lambda g: (abs(math.log2(max(width, 1) / g)), g))
+        return f"gconv{size}s{min(stride, 2)}w{near}"
+    return f"{kind}{size}s{min(stride, 2)}"
 
 
 # -------------------------------------------------------------------------------------------------- TFLite
@@ -377,7 +464,8 @@ def _tflite_cost(path: Path) -> GraphCost:
         out_shape = shape(outs[0]) if outs else ()
         act_bytes = sum(nbytes(i) for i in acts + outs)
         w_bytes = sum(nbytes(dequant_of_const.get(i, i)) for i in wts)
-        macs, elements = 0, math.prod(out_shape) if out_shape else 0
+        macs, elements, positions = 0, math.prod(out_shape) if out_shape else 0, 0
+        pixels = math.prod(out_shape[1:-1]) if len(out_shape) > 2 else 1  # NHWC
         opts = op.builtinOptions
         stride = max(getattr(opts, "strideH", 1) or 1, getattr(opts, "strideW", 1) or 1)
         if code == "CONV_2D":  # weights [O, kh, kw, I/groups]
@@ -385,12 +473,14 @@ def _tflite_cost(path: Path) -> GraphCost:
             cin = shape(ins[0])[-1]
             groups = cin // w[3] if w[3] else 1
             kind = classify_conv(groups, cin, w[0], w[1:3])
-            kernel = _conv_kernel(kind, w[1:3], stride, groups)
+            kernel = _conv_kernel(kind, w[1:3], stride, groups, w[3])
             macs = math.prod(out_shape) * math.prod(w[1:])
+            positions = _positions(kind, pixels, groups)
         elif code == "DEPTHWISE_CONV_2D":  # weights [1, kh, kw, C*multiplier]
             w = shape(ins[1])
             kind, macs = "depthwise", math.prod(out_shape) * w[1] * w[2]
             kernel = _conv_kernel(kind, w[1:3], stride)
+            positions = pixels
         elif code in ("FULLY_CONNECTED", "BATCH_MATMUL"):
             kind, kernel = "fc", "fc"
             macs = math.prod(out_shape) * shape(ins[0])[-1]
@@ -410,10 +500,12 @@ def _tflite_cost(path: Path) -> GraphCost:
             kind, kernel = "unknown", f"unknown:{code}"
             uncosted.append(f"{name} ({code})")
         layers.append(LayerCost(name, code, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
-                                kernel))
+                                kernel, int(positions)))
     inp = sub.inputs[0] if sub.inputs is not None and len(sub.inputs) else -1
+    io = sum(math.prod(shape(i)) for i in list(sub.inputs if sub.inputs is not None else [])
+             + list(sub.outputs if sub.outputs is not None else []) if i >= 0)
     return GraphCost(str(path), "tflite", "int8" if quantized else "fp32", shape(inp) if inp >= 0 else (), layers,
-                     uncosted)
+                     uncosted, io_elements=io)
 
 
 def _has_data(buffer) -> bool:

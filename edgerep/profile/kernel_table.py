@@ -1,9 +1,11 @@
 """Per-kernel latency regressors fitted on a device's own measurements, and predictions from them.
 
-Model: a graph's latency is a fixed per-call cost plus, for each costed layer (``graph_cost``: fusions already
+Model: a graph's latency is a per-run cost (a constant plus a cost per element of the graph's inputs and outputs,
+which are copied - and in onnxruntime's blocked layout reordered - once per run) plus, for each costed layer (``graph_cost``: fusions already
 applied, so a fused ReLU or BatchNorm costs nothing), ``a_k + b_k * work + c_k * bytes`` where ``k`` is the
 layer's kernel (``depthwise5x5s2``, ``act:hardswish``, ``copy:concat``, ``requant``...), ``work`` its MACs
-(elements for non-MAC ops) and ``bytes`` its activation + weight traffic. The suite models hold one to a few
+(elements for non-MAC ops), ``bytes`` its activation + weight traffic and ``positions`` (convolutions only) its
+output pixels times groups: ``a_k + b_k * work + c_k * bytes + d_k * positions``. The suite models hold one to a few
 layers each, so all coefficients are fitted together, by non-negative least squares on relative error, per
 (precision, threads). A kernel the suite never timed is predicted with the kernel of its kind that has the most
 samples, and the prediction says so.
@@ -12,6 +14,7 @@ samples, and the prediction says so.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +22,8 @@ import numpy as np
 from ..errors import BadInputError
 from .graph_cost import GraphCost, LayerCost
 
-FEATURES = ("const_us", "us_per_mwork", "us_per_mb")
+FEATURES = ("const_us", "us_per_mwork", "us_per_mb", "us_per_kpos")
+N = len(FEATURES)
 
 
 @dataclass(frozen=True)
@@ -29,11 +33,11 @@ class KernelFit:
     const_us: float
     us_per_mwork: float
     us_per_mb: float
+    us_per_kpos: float
     samples: int
 
     def us(self, layer: LayerCost) -> float:
-        work = layer.macs or layer.elements
-        return self.const_us + self.us_per_mwork * work / 1e6 + self.us_per_mb * layer.bytes / 1e6
+        return float(np.dot((self.const_us, self.us_per_mwork, self.us_per_mb, self.us_per_kpos), _units(layer)))
 
 
 @dataclass
@@ -43,16 +47,20 @@ class KernelTable:
     precision: str
     threads: int
     call_us: float
+    io_us_per_melem: float
     kernels: dict[str, KernelFit]
     models: int
     median_abs_error: float
 
     def fit_for(self, layer: LayerCost) -> tuple[KernelFit | None, bool]:
-        """The layer's regressor and whether it is a fallback (same kind, other kernel)."""
+        """The layer's regressor and whether it is a fallback: a kernel of the same kind, the closest name first
+        (``gconv3x3s1w32`` -> ``gconv3x3s1w16`` before ``conv3x3s1``), then the most samples."""
         if layer.kernel in self.kernels:
             return self.kernels[layer.kernel], False
         same = [f for f in self.kernels.values() if f.kind == layer.kind]
-        return (max(same, key=lambda f: f.samples), True) if same else (None, True)
+        if not same:
+            return None, True
+        return max(same, key=lambda f: (len(os.path.commonprefix([f.kernel, layer.kernel])), f.samples)), True
 
 
 @dataclass
@@ -63,17 +71,33 @@ class TablePrediction:
     partial: bool = False
 
 
+ROBUST_ROUNDS = 4
+HUBER = 3.0
+"""Relative errors beyond this many times the median are down-weighted (Huber loss, iteratively reweighted)."""
+
+
+def _units(layer: LayerCost) -> tuple[float, float, float, float]:
+    """The layer's amounts in the units of ``FEATURES``: one launch, M work, MB, thousand positions."""
+    return 1.0, (layer.macs or layer.elements) / 1e6, layer.bytes / 1e6, layer.positions / 1e3
+
+
+GLOBAL = 2
+"""Per-run columns before the kernels': the constant and the input/output elements (millions)."""
+
+
 def _rows(cost: GraphCost, keys: dict[str, int]) -> np.ndarray:
-    x = np.zeros(1 + 3 * len(keys))
-    x[0] = 1.0
+    x = np.zeros(GLOBAL + N * len(keys))
+    x[:GLOBAL] = 1.0, cost.io_elements / 1e6
     for layer in cost.costed:
         j = keys[layer.kernel]
-        x[1 + 3 * j:4 + 3 * j] += (1.0, (layer.macs or layer.elements) / 1e6, layer.bytes / 1e6)
+        x[GLOBAL + N * j:GLOBAL + N * (j + 1)] += _units(layer)
     return x
 
 
 def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: int) -> KernelTable:
-    """Fit every kernel's (const, per-work, per-byte) microseconds on (suite model cost, measured ms) pairs."""
+    """Fit every kernel's (const, per-work, per-byte, per-position) microseconds on (suite model cost, measured ms)
+    pairs: non-negative least squares on relative error, reweighted so that the few models far off the law
+    (a tensor beyond the last-level cache, a shape the runtime treats specially) do not bend every kernel."""
     from .predict import _nnls
 
     if len(samples) < 3:
@@ -90,12 +114,15 @@ def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: i
     y = np.array([ms * 1e3 for _, ms in samples])  # microseconds
     scale = np.abs(a).max(axis=0)
     scale[scale == 0] = 1.0
-    w = _nnls((a / scale) / y[:, None], np.ones(len(y))) / scale
-    pred = a @ w
-    err = float(np.median(np.abs(pred / y - 1)))
-    fits = {k: KernelFit(k, kinds[k], *(float(v) for v in w[1 + 3 * i:4 + 3 * i]), counts[k])
+    weight = np.ones(len(y))
+    for _ in range(ROBUST_ROUNDS):
+        w = _nnls((a / scale) / y[:, None] * weight[:, None], weight) / scale
+        rel = np.abs(a @ w / y - 1)
+        weight = 1 / np.maximum(1, rel / (HUBER * np.median(rel) + 1e-9))  # Huber: linear beyond the threshold
+    err = float(np.median(rel))
+    fits = {k: KernelFit(k, kinds[k], *(float(v) for v in w[GLOBAL + N * i:GLOBAL + N * (i + 1)]), counts[k])
             for k, i in keys.items()}
-    return KernelTable(precision, threads, float(w[0]), fits, len(samples), round(err, 4))
+    return KernelTable(precision, threads, float(w[0]), float(w[1]), fits, len(samples), round(err, 4))
 
 
 def predict_table(cost: GraphCost, table: KernelTable) -> TablePrediction:
@@ -115,7 +142,7 @@ def predict_table(cost: GraphCost, table: KernelTable) -> TablePrediction:
                      + ", ".join(sorted(fallback)))
     if missing or cost.partial:
         notes.append("PARTIAL: no regressor for " + ", ".join((missing + cost.uncosted)[:5]))
-    ms = table.call_us / 1e3 + sum(t for _, t in per_layer)
+    ms = (table.call_us + table.io_us_per_melem * cost.io_elements / 1e6) / 1e3 + sum(t for _, t in per_layer)
     return TablePrediction(ms, per_layer, notes, bool(missing) or cost.partial)
 
 
@@ -138,7 +165,7 @@ def table_from_rows(fit: dict, rows: list[dict]) -> KernelTable:
         kernels[str(r["kernel"])] = KernelFit(str(r["kernel"]), str(r["kind"]), *values, int(r["samples"]))
     if not kernels:
         raise ValueError(f"no kernels for {precision} at {threads} thread(s)")
-    call = float(fit["call_us"])
-    if call < 0 or not math.isfinite(call):
-        raise ValueError("call_us must be finite and >= 0")
-    return KernelTable(precision, threads, call, kernels, int(fit["models"]), float(fit["median_abs_error"]))
+    call, io = float(fit["call_us"]), float(fit["io_us_per_melem"])
+    if any(v < 0 or not math.isfinite(v) for v in (call, io)):
+        raise ValueError("call_us and io_us_per_melem must be finite and >= 0")
+    return KernelTable(precision, threads, call, io, kernels, int(fit["models"]), float(fit["median_abs_error"]))

@@ -93,7 +93,7 @@ def mil_cost(path: Path) -> GraphCost:
             groups = int(op.inputs["groups"].val) if "groups" in op.inputs else 1
             stride = max(int(s) for s in op.inputs["strides"].val) if "strides" in op.inputs else 1
             kind = classify_conv(groups, w[1] * groups, w[0], w[2:])
-            kernel = _conv_kernel(kind, w[2:], stride, groups)
+            kernel = _conv_kernel(kind, w[2:], stride, groups, w[1])
             macs = math.prod(out_shape) * math.prod(w[1:])
         elif t in _FC:
             x = _shape(op.inputs["x"], op, path)

@@ -10,18 +10,20 @@ import pytest
 from edgerep.cli import main
 from edgerep.profile import calibrate as cal
 from edgerep.profile.graph_cost import graph_cost
-from edgerep.profile.kernel_suite import KERNELS, build_onnx, sample_specs
+from edgerep.profile.kernel_suite import GROUP_WIDTHS, KERNELS, SAMPLES_X, build_onnx, sample_specs
 from edgerep.profile.kernel_table import predict_table
 
 SMALL = ("pointwise", "depthwise3x3s2", "act:hardswish", "add", "block:se")
-TRUE = {"call": 20.0, "const": 3.0, "per_mwork": 40.0, "per_mb": 5.0}  # microseconds
+TRUE = {"call": 20.0, "io": 100.0, "const": 3.0, "per_mwork": 40.0, "per_mb": 5.0, "per_kpos": 30.0}  # microseconds
 
 
 def _synthetic_ms(path: Path) -> float:
-    """A known latency law the fit must recover: per call + per layer (const + work + bytes)."""
+    """A known latency law the fit must recover: per run (const + input/output elements) + per layer (const +
+    work + bytes + positions)."""
     cost = graph_cost(path)
-    us = TRUE["call"] + sum(TRUE["const"] + TRUE["per_mwork"] * (lc.macs or lc.elements) / 1e6
-                            + TRUE["per_mb"] * lc.bytes / 1e6 for lc in cost.costed)
+    us = TRUE["call"] + TRUE["io"] * cost.io_elements / 1e6 + sum(TRUE["const"] + TRUE["per_mwork"] * (lc.macs or lc.elements) / 1e6
+                            + TRUE["per_mb"] * lc.bytes / 1e6 + TRUE["per_kpos"] * lc.positions / 1e3
+                            for lc in cost.costed)
     return us / 1e3
 
 
@@ -45,8 +47,12 @@ def test_every_suite_kernel_builds_and_costs_as_its_kernel(tmp_path):
         for int8 in (False, True):
             cost = graph_cost(build_onnx(spec, tmp_path / f"{spec.id}_{int8}.onnx", int8))
             kernels = {lc.kernel for lc in cost.costed}
-            want = {"mul_broadcast": "mul", "block:se": "pool:global", "block:mbconv": "depthwise3x3s1"}
+            want = {"block:se": "pool:global", "block:mbconv": "depthwise3x3s1",
+                    "act:silu": "mul" if int8 else "act:silu",  # QDQ keeps x * sigmoid(x) as two ops
+                    "gconv3x3s1": f"gconv3x3s1w{spec.width}", "gconv3x3s2": f"gconv3x3s2w{spec.width}"}
             assert want.get(spec.kernel, spec.kernel) in kernels, (spec, kernels)
+            if spec.kernel == "act:silu" and not int8:
+                assert "act:sigmoid" not in kernels  # one fp32 kernel, the sigmoid is inside it
             assert not cost.partial
 
 
@@ -56,18 +62,36 @@ def test_sample_specs_round_robin_and_reproducible():
     assert [s.kernel for s in a[: len(KERNELS)]] == list(KERNELS)  # a budget cut still covers every kernel
 
 
+def test_suite_samples_depths_and_group_widths(tmp_path):
+    specs = sample_specs(12, kernels=("pointwise", "gconv3x3s1"))
+    assert len({s.depth for s in specs if s.kernel == "pointwise"}) > 1
+    grouped = [s for s in specs if s.kernel == "gconv3x3s1"]
+    assert {s.width for s in grouped} == set(GROUP_WIDTHS) and len(grouped) == 12 * SAMPLES_X["gconv3x3s1"]
+    assert all(s.cin % s.width == 0 and s.cin > s.width for s in grouped)
+    spec = grouped[0]
+    cost = graph_cost(build_onnx(spec, tmp_path / "g.onnx"))
+    convs = [lc for lc in cost.costed if lc.kernel == f"gconv3x3s1w{spec.width}"]
+    assert len(convs) == spec.depth
+    assert all(lc.positions == spec.size ** 2 * spec.cin // spec.width for lc in convs)
+
+
 def test_fit_recovers_a_known_law_and_predicts_unseen_models(fake_device, tmp_path):
-    out = cal.calibrate("host", tmp_path / "dev.toml", per_kernel=4, kernels=SMALL, progress=False)
+    out = cal.calibrate("host", tmp_path / "dev.toml", per_kernel=6, kernels=SMALL, progress=False)
     device = cal.load_device_file(out)
     assert set(device.tables) == {("fp32", 1), ("int8", 1)}
     table = device.table("fp32", 1)
     assert table.median_abs_error < 0.01
-    # an unseen block: a 5x5 depthwise is not in SMALL, so it falls back to the 3x3 s2 regressor and says so
-    spec = sample_specs(1, seed=7, kernels=("block:mbconv", "act:hardswish"))[0]
-    path = build_onnx(spec, tmp_path / "unseen.onnx")
-    pred = predict_table(graph_cost(path), table)
-    assert pred.ms == pytest.approx(_synthetic_ms(path), rel=0.05)
-    assert any("same kind" in n for n in pred.notes)
+    # chains of several depths tell the per-run cost from each kernel's own: neither absorbs the other
+    assert table.call_us == pytest.approx(TRUE["call"], rel=0.1)
+    assert table.io_us_per_melem == pytest.approx(TRUE["io"], rel=0.1)
+    assert table.kernels["pointwise"].const_us == pytest.approx(TRUE["const"], rel=0.1)
+    assert table.kernels["depthwise3x3s2"].us_per_kpos == pytest.approx(TRUE["per_kpos"], rel=0.1)
+    # an unseen block of seen kernels; an unseen activation falls back to hard-swish's regressor and says so
+    for kernel, fallback in (("block:mbconv", False), ("act:sigmoid", True)):
+        path = build_onnx(sample_specs(1, seed=7, kernels=(kernel,))[0], tmp_path / "unseen.onnx")
+        pred = predict_table(graph_cost(path), table)
+        assert pred.ms == pytest.approx(_synthetic_ms(path), rel=0.05)
+        assert any("same kind" in n for n in pred.notes) == fallback
 
 
 def test_interrupted_calibration_resumes_and_writes_nothing_half(fake_device, tmp_path, monkeypatch):
@@ -103,7 +127,7 @@ def device_text(tmp_path_factory) -> str:
         mp.setattr(cal, "_time", lambda device, files, *a: {k: _synthetic_ms(p) for k, p in files.items()})
         mp.setattr(cal, "_machine", lambda *a: {"cpu": "test cpu", "flags": "", "cores": 2, "mhz": 2000.0,
                                                 "runtime_version": "0.0-test"})
-        return cal.calibrate("host", tmp / "dev.toml", per_kernel=3, kernels=SMALL, progress=False).read_text()
+        return cal.calibrate("host", tmp / "dev.toml", per_kernel=6, kernels=SMALL, progress=False).read_text()
 
 
 def _device_file(tmp_path: Path, text: str) -> Path:
@@ -179,3 +203,15 @@ def test_calibrate_host_for_real_tiny(tmp_path, capsys):
     onnx = build_onnx(sample_specs(1, seed=3, kernels=("pointwise",))[0], tmp_path / "m.onnx")
     assert main(["profile", str(onnx), "--device", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["latency_ms"] > 0
+
+
+def test_fallback_prefers_the_closest_kernel_name():
+    from edgerep.profile.graph_cost import LayerCost
+    from edgerep.profile.kernel_table import KernelFit, KernelTable
+
+    fits = {k: KernelFit(k, "conv", 1.0, 1.0, 1.0, 1.0, n) for k, n in
+            (("conv3x3s1", 50), ("gconv3x3s1w8", 5), ("gconv3x3s2w16", 40))}
+    table = KernelTable("fp32", 1, 0.0, 0.0, fits, 95, 0.0)
+    fit, fallback = table.fit_for(LayerCost("g", "Conv", "conv", kernel="gconv3x3s1w16"))
+    assert fallback and fit.kernel == "gconv3x3s1w8"
+    assert table.fit_for(LayerCost("c", "Conv", "conv", kernel="conv5x5s1"))[0].kernel == "conv3x3s1"
