@@ -1,9 +1,9 @@
 """Predicted vs measured latency on models the calibration never saw, on this host; JSON to bench/results/.
 
-    edgerep calibrate host -o bench/results/host_onnxruntime_1t.toml --threads 1
-    edgerep calibrate host -o bench/results/host_onnxruntime_2t.toml --threads 2
-    python bench/predict_accuracy.py \
-        --device-files bench/results/host_onnxruntime_1t.toml,bench/results/host_onnxruntime_2t.toml
+    edgerep calibrate host -o bench/results/host_onnxruntime_1t_threadcpu.toml --threads 1
+    python bench/predict_accuracy.py --device-files bench/results/host_onnxruntime_1t_threadcpu.toml \
+        --threads 1 --passes 6 --clock thread-cpu --out bench/results/predict_accuracy_threadcpu.json
+    (2 threads: calibrate a second device file with --threads 2 and list both, comma-separated)
 
 Models: the networks of ``edgerep.profile.style_nets`` (MobileNetV3 / EfficientNet-lite, some with TF-"same"
 pads computed at run time / RegNet / GhostNet / ResNet styles) and zoo deploy forms (RepVGG, MobileOne,
