@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
                  "artifact"], table_rows, right={3, 4, 5, 6}))
     print(f"artifacts and manifests in {args.output}/")
     if speed.lines():
-        print("int8 speed-up over fp32 on this host (1 thread, median): " + "; ".join(speed.lines()))
+        print("int8 speed-up over fp32 on this host (1 thread, median CPU time): " + "; ".join(speed.lines()))
     for w in speed.warnings():
         print(f"warning: {w}", file=sys.stderr)
     for t, p, r in failed:

@@ -1,9 +1,9 @@
 """Is the int8 artifact faster than the fp32 one on this machine? Measured, never assumed.
 
 int8 speed depends on the CPU (VNNI or not) and on the graph form (``bench/int8_speed.py``): on an AVX2 x86 host
-an int8 RepGhostNet ran at half the speed of fp32. ``edgerep export`` times both artifacts of a target here with
-its own runtime (1 thread, interleaved rounds, medians), says when int8 is not faster, and which artifact is the
-fastest here.
+an int8 RepGhostNet ran at half the speed of fp32. ``edgerep export`` times every artifact it wrote with its own
+runtime here (1 thread, interleaved rounds, medians of the thread's CPU time), says when int8 is not faster, and
+which artifact is the fastest here.
 """
 
 from __future__ import annotations
