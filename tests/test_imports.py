@@ -69,7 +69,8 @@ def test_scripts_import_names_that_exist() -> None:
     """
     import importlib.util
 
-    scripts = sorted([*(ROOT.parent / "bench").glob("*.py"), *(ROOT.parent / "examples").glob("*.py")])
+    repo = Path(__file__).resolve().parents[1]  # the checkout: edgerep itself may be installed elsewhere
+    scripts = sorted([*(repo / "bench").glob("*.py"), *(repo / "examples").glob("*.py")])
     assert scripts, "the walk found the scripts"
     missing = []
     for script in scripts:
