@@ -31,7 +31,8 @@ from ..console import captured, progress_bar
 from ..errors import BadInputError, VerificationError
 from ..fileio import STAGING_PREFIX, remove_stale_staging, replace_path, sha256_path, writable_dir, write_json
 from ..images import (
-    Batch, ImageList, ImageSource, Preprocess, evenly_spaced, list_images, load_images, match_classes, typical_short_side,
+    Batch, ImageList, ImageSource, Preprocess, evenly_spaced, list_images, load_images, match_classes,
+    typical_short_side,
 )
 from ..proof.numerics import closeness, output_error, top1_accuracy
 from ..reparam import count_blocks

@@ -170,7 +170,8 @@ _ONNX_QUANT = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatM
 _CONV_FUSED_ACT = {"fp32": {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh"},
                    "int8": {"Relu", "Clip"}}
 """Activations onnxruntime fuses into the conv before it (its ConvActivationFusion and the activation of its
-blocked-layout fp32 conv, hard-swish included; int8 QDQ keeps only ReLU / clip, which requantization absorbs). BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
+blocked-layout fp32 conv, hard-swish included; int8 QDQ keeps only ReLU / clip, which requantization absorbs).
+BatchNormalization and a constant Add (bias) fold into any conv / matmul."""
 _INT8_OPS = _ONNX_CONV | _ONNX_FC | {
     "Add", "Mul", "Concat", "MaxPool", "AveragePool", "GlobalAveragePool", "Reshape", "Transpose", "Squeeze",
     "Unsqueeze", "Flatten", "Resize", "Relu", "Clip", "Sigmoid", "LeakyRelu", "Softmax", "Split", "Pad", "Slice",

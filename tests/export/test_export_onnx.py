@@ -123,7 +123,7 @@ def test_int8_of_the_shipped_model_on_real_photos(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("side, warned", [(4, True), (12, False)])
-def test_int8_warns_about_calibration_photos_far_smaller_than_the_input(tmp_path: Path, side: int, warned: bool) -> None:
+def test_int8_warns_about_photos_far_smaller_than_the_input(tmp_path: Path, side: int, warned: bool) -> None:
     """4 px photos for a 16 px input are upscaled 4x: calibrated, but with a warning in the manifest."""
     from PIL import Image
 
