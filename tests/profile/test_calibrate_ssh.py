@@ -1,5 +1,5 @@
-"""`edgerep calibrate ssh://...` end to end against the real local sshd of tests/test_ssh.py (this machine plays
-the device), then `edgerep profile --device FILE` predicts from what was timed over ssh."""
+"""`edgerep calibrate ssh://...` end to end against the real local sshd of tests/conftest.py (this machine plays the
+device), then `edgerep profile --device FILE` predicts from what was timed over ssh."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The generic re-parameterization pass on architectures it has never seen: models defined only here.
 
 These run the FX front end (``graph="fx"``): the branch algebra is shared by both front ends, FX is fast enough
-for hypothesis, and its graphs count in module terms. The ATen front end: tests/test_generic_aten.py.
+for hypothesis, and its graphs count in module terms. The ATen front end: tests/reparam/test_generic_aten.py.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def _check_zoo(name: str) -> None:
     torch.manual_seed(0)
     model = randomize_bn(spec.factory(num_classes=10)).eval()
     r = compare(model, spec.family, torch.randn(2, 3, 64, 64))
-    print(json.dumps({"model": name, **r}))  # the sweep's table: pytest -m slow -s tests/test_generic_zoo.py
+    print(json.dumps({"model": name, **r}))  # the sweep's table: pytest -m slow -s tests/reparam/test_generic_zoo.py
     assert r["rel_generic_fp64"] <= REL_TOL_FP64, r
     if name not in ILL_CONDITIONED_FP32:
         assert r["rel_generic"] <= REL_TOL_FP32, r
