@@ -85,9 +85,9 @@ def export(name: str, out: Path) -> tuple[Path, Path]:
 def thread_cpu_ms(path: Path, runs: int = 15, warmup: int = 3) -> tuple[float, float]:
     """(fastest thread-CPU ms, fastest wall ms) of 1-thread runs in this process: onnxruntime with one intra-op
     thread computes in the calling thread, so its CPU time excludes the time other jobs held the core."""
-    from edgerep.profile.host import _onnx_runner
+    from edgerep.profile.host import runner
 
-    _, call, _, _ = _onnx_runner(str(path), 1)
+    holder, call, _, _ = runner(str(path), 1)
     for _ in range(warmup):
         call()
     cpu, wall = [], []
@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if r["error"] is not None:
             families.setdefault(_family(r["model"]), []).append(abs(r["error"]))
     summary["by_family"] = {f: {"n": len(e), "within_10pct": sum(x <= 0.10 for x in e),
-                                "median_abs_error": round(statistics.median(e), 4)} for f, e in sorted(families.items())}
+                                "median_abs_error": round(statistics.median(e), 4)}
+                            for f, e in sorted(families.items())}
     cpu = describe_cpu()
     out = {"when": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "clock": args.clock,
            "measured_in": args.reuse_measured or "this run",

@@ -143,9 +143,8 @@ def _batch_worker(job: dict) -> dict:
     n = job["threads"][0]
     calls, keep = {}, []
     for path in job["paths"]:
-        make = _onnx_runner if path.endswith(".onnx") else _tflite_runner
         try:
-            holder, call, _, _ = make(path, n)
+            holder, call, _, _ = runner(path, n)
         except Exception as exc:
             return {"error": f"{Path(path).name}: the runtime cannot run it ({type(exc).__name__}: "
                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r})"}
@@ -233,6 +232,12 @@ def _reset_peak() -> bool:
         return False
 
 
+def runner(path: str, threads: int):
+    """(holder, call, input shape, runtime version) of an .onnx or .tflite file run here with ``threads`` threads,
+    on seeded random inputs; keep ``holder`` alive while calling."""
+    return (_onnx_runner if path.endswith(".onnx") else _tflite_runner)(path, threads)
+
+
 def _onnx_runner(path: str, n: int, profile_dir: str | None = None):
     import numpy as np
     import onnxruntime as ort
@@ -297,7 +302,6 @@ def _worker(job: dict) -> dict:
         os.sched_setaffinity(0, job["cores"])  # before any runtime starts a thread: the pools inherit it
     path, threads = job["path"], job["threads"]
     onnx = path.endswith(".onnx")
-    make = _onnx_runner if onnx else _tflite_runner
     if onnx:
         import onnxruntime  # noqa: F401  (import before the baseline so its own footprint is not counted)
     else:
@@ -306,14 +310,14 @@ def _worker(job: dict) -> dict:
     baseline = _status_kb("VmRSS") or 0.0
     keep, calls, notes = [], {}, []
     try:
-        holder, call, shape, version = make(path, threads[0])
+        holder, call, shape, version = runner(path, threads[0])
         for _ in range(job["warmup"]):
             call()
         peak = _status_kb("VmHWM")
         keep.append(holder)
         calls[str(threads[0])] = call
         for n in threads[1:]:
-            holder, call, _, _ = make(path, n)
+            holder, call, _, _ = runner(path, n)
             keep.append(holder)
             calls[str(n)] = call
     except Exception as exc:  # an artifact the runtime cannot load or run: one line, not a traceback

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..proof.metrics import interleaved_times
 
 TIMED_SUFFIXES = (".onnx", ".tflite")  # runtimes that run here; Core ML / ExecuTorch speed is not judged on x86
@@ -48,25 +46,10 @@ def median_latencies(artifacts: dict[tuple[str, str], Path], *, rounds: int = 5,
 
 
 def _runner(path: Path) -> Callable[[], object]:
-    rng = np.random.default_rng(0)
-    if path.suffix == ".onnx":
-        import onnxruntime as ort
+    """One call of the artifact on one thread, as ``edgerep profile`` runs it."""
+    from ..profile.host import runner
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        inp = session.get_inputs()[0]
-        x = rng.standard_normal([d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]).astype(np.float32)
-        return lambda: session.run(None, {inp.name: x})
-    from ai_edge_litert import interpreter as lib
-
-    interp = lib.Interpreter(model_path=str(path), num_threads=1)
-    interp.allocate_tensors()
-    detail = interp.get_input_details()[0]
-    dtype = np.dtype(detail["dtype"])
-    interp.set_tensor(detail["index"], (rng.standard_normal(detail["shape"]) * (50 if dtype.kind == "i" else 1))
-                      .astype(dtype))
-    return interp.invoke
+    return runner(str(path), 1)[1]
 
 
 @dataclass(frozen=True)
