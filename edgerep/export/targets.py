@@ -4,7 +4,8 @@ A target file holds (see targets/onnx.toml for a full example):
 
     name, description, backend (module under edgerep.backends), extra (pip extra), suffix,
     packages (versions recorded in manifests), layouts, default_layout, default_precision
-    [options.<key>]      default, and either choices = [...] or min / max (numbers); help
+    [options.<key>]      default, and choices = [...] and/or min / max (numbers: an integer range when min is
+                         an integer); help. Both: a number in range or a named choice (e.g. "auto").
     [precisions.<name>]  description, tolerance = {max_abs, rel, cosine, top1_agreement} (any subset),
                          calibration (true: needs calibration images), scheme / schemes,
                          min_ / warn_ / max_calibration_images
@@ -32,7 +33,7 @@ AGREEMENT_FLOORS = ("cosine", "top1_agreement")
 
 @dataclass(frozen=True)
 class Option:
-    """One target option: its default and the values it may take (a list, or a numeric range)."""
+    """One target option: its default and the values it may take (a list, a numeric range, or both)."""
 
     name: str
     default: object
@@ -42,19 +43,19 @@ class Option:
     help: str = ""
 
     def allowed(self) -> str:
-        if self.choices is not None:
-            return ", ".join(_show(c) for c in self.choices)
-        return f"{_show(self.min)}..{_show(self.max)}"
+        parts = [_show(c) for c in self.choices or ()]
+        if self.min is not None:
+            parts.append(f"{_show(self.min)}..{_show(self.max)}")
+        return ", ".join(parts)
 
     def check(self, value: object, target: str) -> object:
         """``value`` if allowed (numbers may come as strings from a CLI), else a BadInputError naming the range."""
-        if self.choices is not None:
-            for c in self.choices:
-                if value == c or (isinstance(value, str) and _show(c) == value.lower()):
-                    return c
-        else:
+        for c in self.choices or ():
+            if value == c or (isinstance(value, str) and _show(c) == value.lower()):
+                return c
+        if self.min is not None:
             try:
-                number = type(self.default)(value)
+                number = type(self.min)(value)
             except (TypeError, ValueError):
                 number = None
             if number is not None and not isinstance(value, bool) and self.min <= number <= self.max:
@@ -189,11 +190,10 @@ def _parse(d: dict, path: Path) -> Target:
 
 
 def _option(name: str, d: dict) -> Option:
-    if "choices" in d:
-        return Option(name, d["default"], choices=tuple(d["choices"]), help=d.get("help", ""))
-    if "min" not in d or "max" not in d:
-        raise ValueError(f"option {name} needs choices = [...] or min and max")
-    return Option(name, d["default"], min=d["min"], max=d["max"], help=d.get("help", ""))
+    if ("min" in d) != ("max" in d) or ("choices" not in d and "min" not in d):
+        raise ValueError(f"option {name} needs choices = [...] and/or min and max")
+    choices = tuple(d["choices"]) if "choices" in d else None
+    return Option(name, d["default"], choices=choices, min=d.get("min"), max=d.get("max"), help=d.get("help", ""))
 
 
 def _precision(name: str, d: dict) -> Precision:

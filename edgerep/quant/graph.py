@@ -101,6 +101,25 @@ def layer_order(model: nn.Module, example: torch.Tensor) -> list[str]:
     return order
 
 
+def layer_macs(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Multiply-accumulates per image of each conv / linear module, from one forward pass over ``example``."""
+    macs: dict[str, int] = {}
+
+    def count(name: str, m: nn.Module, out: torch.Tensor) -> None:
+        per_output = m.in_features if isinstance(m, nn.Linear) else m.weight[0].numel()  # (C/groups)*kh*kw
+        macs[name] = macs.get(name, 0) + out.numel() // out.shape[0] * per_output
+
+    hooks = [m.register_forward_hook(lambda m, _i, o, n=name: count(n, m, o))
+             for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return macs
+
+
 def resolve_layers(model: nn.Module, spec: str | list[str] | None, example: torch.Tensor) -> list[str]:
     """``keep_fp`` as module names: "first" / "last" mean the first / last conv or linear layer run."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else (spec or [])) if s.strip()]

@@ -5,7 +5,7 @@ backend quantizes it, driven by the target's options (targets/*.toml), the same 
                             budget=2)
 
 Each optional step (cross-layer equalization, bias correction, AdaRound, ``budget`` layers kept float chosen by
-measured sensitivity) is judged on a held-out part of the calibration images (every ``HOLD_OUT``-th one, never
+measured sensitivity, or ``budget="auto"``: cheap layers added one at a time while each helps) is judged on a held-out part of the calibration images (every ``HOLD_OUT``-th one, never
 used to fit anything) in simulated int8 (``simulate.score``): a step that makes held-out agreement with the float
 model worse is dropped and the simpler result kept, and ``record`` (the manifest's ``quantization.transforms``)
 says so, with the scores it was decided on.
@@ -24,12 +24,19 @@ from .bias_correction import correct_bias
 from .equalize import equalize as equalize_model
 from .equalize import fold_batchnorms
 from .fakequant import RANGES
-from .graph import NotTraceable, layer_order, resolve_layers
+from .graph import NotTraceable, layer_macs, layer_order, resolve_layers
 from .sensitivity import layer_sensitivity
 from .simulate import Score, logits, score
 
 HOLD_OUT = 4  # every 4th calibration image judges the steps
 MIN_HELD_OUT = 8  # fewer held-out images cannot decide anything: every step is then applied as asked
+AUTO = "auto"
+# budget="auto" keeps at most AUTO_MAX_LAYERS layers float, holding at most AUTO_MAC_SHARE of the model's MACs: a
+# float layer costs about 2-4x its int8 time (int8 speed-ups measured in bench/results/int8_speedup_families.json),
+# so the int8 model gets at most ~10% slower for the accuracy it buys.
+AUTO_MAX_LAYERS = 3
+AUTO_MAC_SHARE = 0.05
+AUTO_RANKING_IMAGES = 128  # the ranking only orders candidates; the held-out images decide
 
 
 def prepare(
@@ -40,7 +47,7 @@ def prepare(
     bias_correction: bool = False,
     adaround: bool = False,
     adaround_iterations: int = 200,
-    budget: int = 0,
+    budget: int | str = 0,
     keep_fp: str | list[str] | None = None,
     weight_bits: int = 8,
     method: str = "minmax",
@@ -48,17 +55,18 @@ def prepare(
     """``model`` (a new copy when anything changes) ready for int8, and a record of what was done and why.
 
     ``keep_fp`` layers (module names, or "first" / "last") are resolved here so a misspelt name fails before any
-    export; ``budget`` more layers are chosen by sensitivity; the backend keeps both in float (``record["keep_fp"]``).
+    export; ``budget`` more layers are chosen by sensitivity (``"auto"``: see ``_auto_budget``); the backend keeps
+    both in float (``record["keep_fp"]``).
     ``weight_bits`` is what the backend rounds weights to (7 for ONNX ``reduce_range``).
     """
     model = model.eval()
     images = images.float()
     keep = resolve_layers(model, keep_fp, images[:1])
     n_layers = len(layer_order(model, images[:1]))
-    if budget < 0 or budget > n_layers - len(keep):
+    if budget != AUTO and (not isinstance(budget, int) or budget < 0 or budget > n_layers - len(keep)):
         raise BadInputError(
             f"int8_budget={budget}: the model has {n_layers} conv/linear layers"
-            f"{f' ({len(keep)} already in keep_fp)' if keep else ''}; use 0..{n_layers - len(keep)}"
+            f"{f' ({len(keep)} already in keep_fp)' if keep else ''}; use 0..{n_layers - len(keep)} or auto"
         )
     record: dict = {"keep_fp": keep}
     judge = _Judge(model, images, weight_bits, method, keep)
@@ -93,7 +101,9 @@ def prepare(
         step("adaround", lambda m: adaround_model(m, fit, skip=tuple(keep), bits=weight_bits,
                                                   iterations=adaround_iterations, method=method),
              "adarounded_layers")
-    if budget:
+    if budget == AUTO:
+        keep = _auto_budget(model, fit, keep, judge, record, weight_bits, method)
+    elif budget:
         chosen = _most_sensitive(model, fit, budget, keep, weight_bits, method)
         if judge.accept(f"int8_budget={budget}", model, keep + chosen, record):
             keep = keep + chosen
@@ -120,15 +130,55 @@ def from_options(model: nn.Module, images: Tensor, options: dict, weight_bits: i
     return prepare(
         model, images, equalize=bool(options.get("equalize", False)),
         bias_correction=bool(options.get("bias_correction", False)), adaround=bool(options.get("adaround", False)),
-        adaround_iterations=int(options.get("adaround_iterations", 200)), budget=int(options.get("int8_budget", 0)),
+        adaround_iterations=int(options.get("adaround_iterations", 200)), budget=_budget(options.get("int8_budget", 0)),
         keep_fp=options.get("keep_fp"), weight_bits=weight_bits, method=method if method in RANGES else "minmax",
     )
 
 
-def _most_sensitive(model: nn.Module, images: Tensor, budget: int, keep: list[str], bits: int, method: str) -> list[str]:
+def _budget(value: object) -> int | str:
+    return AUTO if value == AUTO else int(value)  # type: ignore[call-overload]
+
+
+def _most_sensitive(model: nn.Module, images: Tensor, budget: int, keep: list[str], bits: int, method: str,
+                    candidates: list[str] | None = None) -> list[str]:
     """The ``budget`` layers whose staying float gains the most simulated agreement (then cosine-free order)."""
-    report = layer_sensitivity(model, images, mode="all_but", method=method, weight_bits=bits)
+    report = layer_sensitivity(model, images, mode="all_but", method=method, weight_bits=bits, candidates=candidates)
     return [r.layer for r in report.layers if r.layer not in keep][:budget]
+
+
+def _auto_budget(model: nn.Module, fit: Tensor, keep: list[str], judge: _Judge, record: dict, bits: int,
+                 method: str) -> list[str]:
+    """``int8_budget=auto``: the most sensitive cheap layers, added one at a time while each makes more held-out
+    images agree; stops at the first that does not (at most ``AUTO_MAX_LAYERS``, ``AUTO_MAC_SHARE`` of the MACs).
+
+    Returns the new ``keep`` list; ``record`` gets the layers, their MAC share and every score it was decided on.
+    """
+    if not judge.active:
+        record["budget_auto"] = f"not applied: fewer than {MIN_HELD_OUT * HOLD_OUT} calibration images to decide on"
+        return keep
+    if judge.best.agreement == 1.0:
+        record["budget_auto"] = "not needed: every held-out image already agrees in simulated int8"
+        record["budget_layers"] = []
+        return keep
+    macs = layer_macs(model, fit[:1])
+    total = sum(macs.values())
+    cheap = [n for n, m in macs.items() if n not in keep and m <= AUTO_MAC_SHARE * total]
+    ranked = _most_sensitive(model, fit[:AUTO_RANKING_IMAGES], len(cheap), keep, bits, method, cheap) if cheap else []
+    chosen: list[str] = []
+    spent = 0
+    for layer in ranked:
+        if len(chosen) == AUTO_MAX_LAYERS:
+            break
+        if spent + macs[layer] > AUTO_MAC_SHARE * total:
+            continue
+        if not judge.accept(f"int8_budget=auto +{layer}", model, keep + chosen + [layer], record, need_gain=True):
+            break
+        chosen.append(layer)
+        spent += macs[layer]
+    record["budget_layers"] = chosen
+    record["budget_float_mac_share"] = round(spent / total, 4) if total else 0.0
+    record["keep_fp"] = keep + chosen
+    return keep + chosen
 
 
 class _Judge:
@@ -148,11 +198,18 @@ class _Judge:
         return score(model, self.fit, self.held, skip=tuple(keep), method=self.method, bits=self.bits,
                      reference=self.reference)
 
-    def accept(self, name: str, candidate: nn.Module, keep: list[str], record: dict) -> bool:
+    def accept(self, name: str, candidate: nn.Module, keep: list[str], record: dict, need_gain: bool = False) -> bool:
+        """Keep ``candidate`` unless it scores worse on the held-out images (``need_gain``: unless more agree)."""
         if not self.active:
             return True
         new = self._score(candidate, keep)
         record["simulated_int8"][name] = new.to_dict()
+        if need_gain and new.agreement <= self.best.agreement:
+            record.setdefault("dropped", []).append(
+                f"{name}: held-out agreement {new.agreement:.4f} is no better than {self.best.agreement:.4f}"
+                " without it (not kept float)"
+            )
+            return False
         if self.best.better_than(new):
             record.setdefault("dropped", []).append(
                 f"{name}: held-out agreement {new.agreement:.4f} / cosine {new.cosine:.5f} is worse than"

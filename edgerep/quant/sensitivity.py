@@ -36,6 +36,7 @@ class LayerResult:
     top1: float | None
     agreement_change: float  # vs the reference point: fp32 (mode "only") or all quantized ("all_but")
     top1_change: float | None
+    kl: float  # mean KL(fp32 || this) of the softmax outputs: orders layers whose agreement ties (few images)
 
 
 @dataclass
@@ -63,8 +64,12 @@ def layer_sensitivity(
     method: str = "minmax",
     weight_bits: int = 8,
     batch: int = 256,
+    candidates: list[str] | None = None,
 ) -> SensitivityReport:
-    """Per-layer int8 sensitivity of ``model`` on ``images`` (see the module docstring), sorted worst first."""
+    """Per-layer int8 sensitivity of ``model`` on ``images`` (see the module docstring), sorted worst first.
+
+    ``candidates``: measure only these layers (every layer is still quantized in the reference point).
+    """
     if mode not in ("only", "all_but"):
         raise BadInputError(f"sensitivity mode {mode!r} is unknown; use only or all_but")
     if method not in fakequant.RANGES:
@@ -78,24 +83,25 @@ def layer_sensitivity(
     ranges = input_ranges(model, names, calib.float(), method, batch)
     ref = logits(model, images, batch)
 
-    def measure(layers: list[str]) -> tuple[float, float | None]:
+    def measure(layers: list[str]) -> tuple[float, float | None, float]:
         with quantized(model, layers, ranges, weight_bits, last=names[-1]):
             out = logits(model, images, batch)
-        return closeness(ref, out).top1, None if labels is None else top1_accuracy(out, labels)
+        near = closeness(ref, out)
+        return near.top1, None if labels is None else top1_accuracy(out, labels), near.kl
 
     top1_fp32 = None if labels is None else top1_accuracy(ref, labels)
-    agree_all, top1_all = measure(names)
+    agree_all, top1_all, _ = measure(names)
     base_agree, base_top1 = (1.0, top1_fp32) if mode == "only" else (agree_all, top1_all)
     results = []
-    for name in names:
-        agree, top1 = measure([name] if mode == "only" else [n for n in names if n != name])
+    for name in names if candidates is None else [n for n in names if n in candidates]:
+        agree, top1, kl = measure([name] if mode == "only" else [n for n in names if n != name])
         results.append(LayerResult(
             name, _kind(modules[name]), agree, top1, agree - base_agree,
-            None if top1 is None or base_top1 is None else top1 - base_top1,
+            None if top1 is None or base_top1 is None else top1 - base_top1, kl,
         ))
     # "only": the most harmful layer loses the most; "all_but": the one worth keeping in float gains the most
     sign = 1 if mode == "only" else -1
-    results.sort(key=lambda r: (sign * r.agreement_change, sign * (r.top1_change or 0.0)))
+    results.sort(key=lambda r: (sign * r.agreement_change, sign * (r.top1_change or 0.0), -sign * r.kl))
     return SensitivityReport(mode, method, len(images), top1_fp32, agree_all, top1_all, results)
 
 

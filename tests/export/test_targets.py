@@ -40,6 +40,9 @@ def test_options_are_checked_and_cli_strings_accepted() -> None:
     t = get_target("onnx")
     opts = t.resolve_options({"opset": "20", "simplify": "false", "calibrate_method": "percentile"})
     assert opts["opset"] == 20 and opts["simplify"] is False and opts["calibrate_method"] == "percentile"
+    assert t.resolve_options({})["int8_budget"] == "auto"  # a named choice beside a number range
+    assert t.resolve_options({"int8_budget": "AUTO"})["int8_budget"] == "auto"
+    assert t.resolve_options({"int8_budget": "3"})["int8_budget"] == 3
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,8 @@ def test_options_are_checked_and_cli_strings_accepted() -> None:
         (lambda t: t.resolve_options({"opset": "eighteen"}), ["opset=eighteen", "18..23"]),
         (lambda t: t.resolve_options({"compute_units": "all"}), ["compute_units", "opset", "exporter"]),
         (lambda t: t.resolve_options({"calibrate_method": "mse"}), ["mse", "minmax, percentile, entropy"]),
+        (lambda t: t.resolve_options({"int8_budget": "some"}), ["int8_budget=some", "auto, 0..1000"]),
+        (lambda t: t.resolve_options({"int8_budget": -1}), ["int8_budget=-1", "auto, 0..1000"]),
         (lambda t: t.precision("int4"), ["int4", "fp32, fp16, int8"]),
         (lambda t: t.resolve_scheme(t.precision("int8"), "dynamic"), ["dynamic", "qdq-per-channel"]),
         (lambda t: t.resolve_layout("nhwc"), ["nhwc", "nchw"]),

@@ -55,6 +55,51 @@ def test_budget_keeps_the_layer_whose_float_gains_most_and_records_it() -> None:
     assert record["held_out_images"] == 32
 
 
+def _wide_net(ruined: str) -> nn.Sequential:
+    """MACs per image: "0" 55k (8%), "2" 590k (90%), "4" 8k (1.3%), "7" 2.6k (0.4%); ``ruined`` gets a huge unused
+    input channel, so its per-tensor int8 input range drowns the rest."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(32, 4, 1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 10)).eval()
+    with torch.no_grad():
+        net[int(ruined) - 2].bias[0] = 1000.0
+        net[int(ruined)].weight[:, 0] = 0.0
+    return net
+
+
+def test_auto_budget_keeps_a_cheap_layer_that_helps_and_stops_at_one_that_does_not() -> None:
+    x = torch.randn(128, 3, 8, 8)
+    _, record = prepare(_wide_net(ruined="4"), x, budget="auto")
+    assert record["budget_layers"] == ["4"] and record["keep_fp"] == ["4"]
+    assert record["budget_float_mac_share"] == 0.0125
+    sim = record["simulated_int8"]
+    assert sim["int8_budget=auto +4"]["agreement"] > sim["start"]["agreement"] + 0.3
+    # the next candidate ("7") made no more held-out images agree: not kept, and the record says why
+    assert record["dropped"] == ["int8_budget=auto +7: held-out agreement 1.0000 is no better than 1.0000 without it"
+                                 " (not kept float)"]
+
+
+def test_auto_budget_never_keeps_an_expensive_layer_float() -> None:
+    net = _wide_net(ruined="2")  # 90% of the MACs: int8 ruins it, and auto must still not keep it float
+    _, record = prepare(net, torch.randn(128, 3, 8, 8), budget="auto")
+    assert "2" not in record["keep_fp"] and "0" not in record["keep_fp"]
+    assert record["simulated_int8"]["start"]["agreement"] < 0.9  # it really was ruined
+
+
+def test_auto_budget_skips_the_search_when_every_held_out_image_already_agrees() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4 * 64, 10)).eval()
+    with torch.no_grad():
+        net[2].bias.copy_(torch.arange(10) * 100.0)  # class 9 wins by 100: no rounding flips it
+    _, record = prepare(net, torch.randn(64, 3, 8, 8), budget="auto")
+    assert record["keep_fp"] == [] and "not needed" in record["budget_auto"]
+
+
+def test_auto_budget_with_too_few_calibration_images_is_not_applied_and_says_so() -> None:
+    _, record = prepare(_net(outlier=True), torch.randn(16, 3, 8, 8), budget="auto")
+    assert record["keep_fp"] == [] and "not applied" in record["budget_auto"]
+
+
 def test_a_step_that_makes_held_out_agreement_worse_is_dropped_and_said_so() -> None:
     net = _net()
     x = torch.randn(64, 3, 8, 8)
