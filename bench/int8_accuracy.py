@@ -11,7 +11,7 @@ photos). Every artifact is built by the backend (``backend.export``, no validati
 measured rather than refused) and run by ``backend.run``: onnxruntime, LiteRT, ExecuTorch, Core ML's MIL program.
 Variants are target options: plain = no equalization / bias correction (and 8-bit ONNX weights); default = the
 target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget2 = defaults + int8_budget=2 (onnx,
-executorch only);
+executorch, coreml);
 percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite). A variant whose
 options a target does not have is skipped for it.
 """
