@@ -46,9 +46,9 @@ OUTPUT_NAME = "output"
 # Import now so a missing package is reported when the backend is chosen, not halfway through an export.
 logging.getLogger("coremltools").setLevel(logging.ERROR)  # its import warns that predict() needs macOS
 ct = require("coremltools", "coreml")
-from coremltools.converters.mil import Builder as mb  # noqa: E402
-from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass  # noqa: E402
-from coremltools.converters.mil.mil.passes.helper import block_context_manager  # noqa: E402
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+from coremltools.converters.mil.mil.passes.helper import block_context_manager
 
 _TARGETS = ("iOS16", "iOS17", "iOS18")
 # How coremltools names a torch op it has no conversion for, or the node a torch.export'ed graph failed at.
