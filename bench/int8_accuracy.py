@@ -10,8 +10,8 @@ disjoint and neither was used to pick anything (prepare's own held-out part is a
 photos). Every artifact is built by the backend (``backend.export``, no validation floor, so a bad variant is
 measured rather than refused) and run by ``backend.run``: onnxruntime, LiteRT, ExecuTorch, Core ML's MIL program.
 Variants are target options: plain = no equalization / bias correction (and 8-bit ONNX weights); default = the
-target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 = defaults with int8_budget=0 / 2
-(onnx, executorch only; their default is auto);
+target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 = defaults with
+int8_budget=0 / 2 (onnx, executorch, coreml; the onnx and executorch default is auto);
 percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite). A variant whose
 options a target does not have is skipped for it.
 """

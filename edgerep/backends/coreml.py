@@ -11,6 +11,9 @@ Choices (measured, see shared/notes/dependencies.md):
   the calibration images instead (any OS, the same artifact everywhere), then lets coremltools' own graph
   passes insert the ``quantize``/``dequantize`` pairs (before conv, linear, pools and add), as
   ``linear_quantize_activations`` does. Those ops exist from iOS17 on, so int8 raises the deployment target.
+  Layers ``keep_fp`` / ``int8_budget`` leave in float (``edgerep.quant.prepare``) are found in the MIL program by
+  their weight (coremltools' op names say nothing about torch modules); their conv / linear ops keep float weights
+  and read the float tensor, not a quantize/dequantize pair: what the sensitivity measurement simulated.
 - ``w8`` is symmetric per-channel int8 weights (``constexpr_affine_dequantize``); ``palettize6/8`` are
   per-tensor k-means palettes; ``palettize4`` is k-means with one palette per group of 16 output channels,
   which needs iOS18 — a single 4-bit palette for a whole fused re-param kernel destroyed the model
@@ -43,6 +46,9 @@ OUTPUT_NAME = "output"
 # Import now so a missing package is reported when the backend is chosen, not halfway through an export.
 logging.getLogger("coremltools").setLevel(logging.ERROR)  # its import warns that predict() needs macOS
 ct = require("coremltools", "coreml")
+from coremltools.converters.mil import Builder as mb
+from coremltools.converters.mil.mil.passes.graph_pass import AbstractGraphPass
+from coremltools.converters.mil.mil.passes.helper import block_context_manager
 
 _TARGETS = ("iOS16", "iOS17", "iOS18")
 # How coremltools names a torch op it has no conversion for, or the node a torch.export'ed graph failed at.
@@ -97,15 +103,20 @@ class CoreMLBackend:
                 f"replace or remove the layer, try --option source={other}, or export to another target",
             ) from exc
         quant: dict = {"minimum_deployment_target": target, "compute_precision": compute}
+        floats: dict[str, list[str]] = {}  # torch layer -> the MIL ops left in float for it (int8 only)
         if precision == "int8":
-            mlmodel, info = _quantize_activations(mlmodel, request.calibration)
+            floats = _float_ops(program_of(mlmodel), model, transforms["keep_fp"])
+            mlmodel, info = _quantize_activations(mlmodel, request.calibration, _names(floats))
             quant.update(info, transforms=transforms)
         if precision in ("w8", "int8"):
-            mlmodel, info = _quantize_weights(mlmodel)
+            mlmodel, info = _quantize_weights(mlmodel, _names(floats))
             quant.update(info)
         elif nbits is not None:
             mlmodel, info = _palettize(mlmodel, nbits)
             quant.update(info)
+        if floats:
+            _check_float(program_of(mlmodel), _names(floats))
+            quant["float_ops"] = floats
         mlmodel.save(str(path))
         counts = op_types(load_program(path))
         notes.append("MIL ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items()) if k != "const"))
@@ -154,12 +165,14 @@ def _convert(model: nn.Module, shape: tuple[int, ...], source: str, target: str,
         )
 
 
-def _quantize_activations(mlmodel, calibration: torch.Tensor):
+def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str, ...] = ()):
     """int8 activations: ranges from the MIL evaluator on ``calibration``, quantize/dequantize pairs by coremltools.
 
     Ranges are the min / max over all calibration images (coremltools 9's own calibration keeps only the last
     sample's range: its ``record_intermediate_output`` overwrites before it compares). The inputs and output
     of each concat share one range, as coremltools does, so a quantized concat needs no requantization.
+    The ops named in ``floats`` get no pair of their own (``op_name_configs`` None: the prefix pass skips them),
+    and ``_FloatInputs`` then feeds them past the pair the suffix pass put after the quantized op before them.
     """
     from coremltools.converters.mil.frontend.milproto import load as milproto
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
@@ -171,13 +184,15 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor):
     _share_concat_ranges(function, stats)
     cto = ct.optimize.coreml
     op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
-    config = cto.OptimizationConfig(global_config=op)
+    config = cto.OptimizationConfig(global_config=op, op_name_configs={name: None for name in floats})
     passes = []
     for name in _ACTIVATION_PASSES:
         graph_pass = PASS_REGISTRY[name]
         graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", stats)])
         passes.append(graph_pass)
     passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    if floats:
+        passes += [_FloatInputs(floats), PASS_REGISTRY["common::dead_code_elimination"]]
     with _quiet():
         out = _apply_graph_pass(mlmodel, passes, spec_version=ct._SPECIFICATION_VERSION_IOS_17,
                                 pymil_load_func=milproto.load, skip_model_load=True)
@@ -230,13 +245,95 @@ def _share_concat_ranges(function, stats: dict[str, dict[str, float]]) -> None:
                     stats[n] = {"rmin": lo, "rmax": hi}
 
 
-def _quantize_weights(mlmodel):
+def _quantize_weights(mlmodel, floats: tuple[str, ...] = ()):
+    """Symmetric per-channel int8 weights, except those of the ops named in ``floats`` (their weight const's
+    config is its consumer's: ``op_name_configs`` None leaves it float)."""
     cto = ct.optimize.coreml
     op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+    config = cto.OptimizationConfig(global_config=op, op_name_configs={name: None for name in floats})
     with _quiet():
-        out = cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+        out = cto.linear_quantize_weights(mlmodel, config)
     return out, {"weights": "int8", "scheme": "linear_symmetric", "granularity": "per_channel",
                  "weight_threshold": op.weight_threshold, **_compressed(out, "constexpr_affine_dequantize")}
+
+
+# The layer ops keep_fp / int8_budget leave in float: the conv / linear coremltools makes of nn.Conv2d / nn.Linear.
+_LAYER_OPS = ("conv", "linear")
+
+
+def _float_ops(function, model: nn.Module, layers: list[str]) -> dict[str, list[str]]:
+    """The MIL ops that run each torch layer of ``layers``, found by their weight: same shape, same values to fp16.
+
+    A layer whose weight no conv / linear op holds (coremltools folded something into it) is refused: it would
+    otherwise be quantized silently. A layer matching several ops (a module called twice, or layers with
+    identical weights) keeps all of them float: more float than asked, never less.
+    """
+    ops = [op for op in function.operations if op.op_type in _LAYER_OPS and op.inputs["weight"].val is not None]
+    modules = dict(model.named_modules())
+    found: dict[str, list[str]] = {}
+    for layer in layers:
+        weight = modules[layer].weight.detach().float().numpy()
+        found[layer] = [op.name for op in ops if _same_weight(op.inputs["weight"].val, weight)]
+        if not found[layer]:
+            raise BadInputError(
+                f"keep_fp / int8_budget: layer {layer} ({tuple(weight.shape)} weight) has no conv or linear op with"
+                " that weight in the Core ML program (coremltools fused something into it); leave it out of keep_fp,"
+                " lower int8_budget, or export int8 to onnx / executorch"
+            )
+    return found
+
+
+def _same_weight(mil: np.ndarray, weight: np.ndarray) -> bool:
+    """``mil`` is ``weight`` as the program stores it: fp16 keeps 11 significant bits (relative step 2**-11)."""
+    if mil.shape != weight.shape:
+        return False
+    return bool(np.allclose(mil.astype(np.float32), weight, rtol=2e-3, atol=1e-7))
+
+
+def _names(floats: dict[str, list[str]]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for ops in floats.values() for name in ops))
+
+
+class _FloatInputs(AbstractGraphPass):
+    """Feed each named op the float tensor behind a ``quantize -> dequantize`` pair on its input.
+
+    coremltools' suffix pass puts that pair after every quantized conv / add / pool, whoever reads it; a layer
+    kept float reads the float tensor instead, as ``edgerep.quant.simulate`` measured it (orphaned pairs are
+    then removed by dead-code elimination).
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.names = set(names)
+
+    def apply(self, prog) -> None:
+        for function in prog.functions.values():
+            _read_float(function, self.names)
+
+
+@block_context_manager
+def _read_float(block, names: set[str]) -> None:
+    for op in list(block.operations):
+        dq = op.inputs["x"].op if op.name in names else None
+        q = dq.inputs["input"].op if dq is not None and dq.op_type == "dequantize" else None
+        if q is None or q.op_type != "quantize":
+            continue
+        out = op.outputs[0].name
+        new = getattr(mb, op.op_type)(**{**op.inputs, "x": q.inputs["input"], "name": op.name, "before_op": op})
+        if block.try_replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new):
+            block.remove_ops([op])
+            new.set_name(out)
+
+
+def _check_float(function, names: tuple[str, ...]) -> None:
+    """Each op in ``names`` still exists with a float const weight and no dequantize on its input."""
+    ops = {op.name: op for op in function.operations}
+    for name in names:
+        op = ops.get(name)
+        weight = op.inputs["weight"].op if op is not None else None
+        x = op.inputs["x"].op if op is not None else None
+        if weight is None or weight.op_type != "const" or (x is not None and x.op_type == "dequantize"):
+            raise RuntimeError(f"coreml int8: op {name} was to stay float but is missing or quantized")
 
 
 def _palettize(mlmodel, nbits: int):

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import CumMax, SingularValues
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pip install 'edgerep[coreml]')")
@@ -20,7 +22,7 @@ ct = pytest.importorskip("coremltools", reason="coremltools is not installed (pi
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 
 from edgerep.backends.base import ExportRequest, UnsupportedLayerError  # noqa: E402
-from edgerep.backends.coreml import BACKEND, _share_concat_ranges, activation_ranges  # noqa: E402
+from edgerep.backends.coreml import BACKEND, _same_weight, _share_concat_ranges, activation_ranges  # noqa: E402
 from edgerep.backends.mil_eval import SUPPORTED_OPS, MilEvaluator, UnsupportedOpError  # noqa: E402
 from edgerep.checkpoints import (
     Checkpoint,  # noqa: E402
@@ -294,6 +296,88 @@ def test_int8_needs_calibration_and_fp16_compute(tmp_path):
         BACKEND.export(_small_net(), request, tmp_path / "m.mlpackage")
     assert not (tmp_path / "m.mlpackage").exists()
 
+
+
+def _wide_net() -> nn.Module:
+    """Every layer above coremltools' 2048-weight threshold, so a float weight there is a kept layer, not a skip."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(96, 64, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 48),
+    ).eval()
+
+
+def _layer_ops(path) -> dict[str, tuple[str, str]]:
+    """Each conv / linear op of a saved program: (the op its input x comes from, the op its weight comes from)."""
+    from edgerep.backends.mil_eval import load_program
+
+    return {op.name: (op.inputs["x"].op.op_type, op.inputs["weight"].op.op_type)
+            for op in load_program(path).operations if op.op_type in ("conv", "linear")}
+
+
+@pytest.mark.parametrize(("options", "kept"), [
+    ({"keep_fp": "first,last", "int8_budget": 1}, 3),  # first conv reads the input cast, the linear a reshape
+    ({"keep_fp": "2"}, 1),  # after a quantized conv + relu: coremltools' suffix pair is bypassed
+])
+def test_int8_layers_kept_float(tmp_path, options, kept):
+    """keep_fp / int8_budget: the kept layers' ops read float and keep float weights; every other one is W8A8."""
+    torch.manual_seed(1)
+    calib, x = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)  # 16 images: prepare's judge is off, budget kept
+    model, path = _wide_net(), tmp_path / "m.mlpackage"
+    info = BACKEND.export(model, ExportRequest((1, 3, 16, 16), "int8", calib, options=options), path)
+    q = info.quantization
+    assert list(q["float_ops"]) == q["transforms"]["keep_fp"] and len(q["float_ops"]) == kept
+    if "int8_budget" in options:
+        assert q["transforms"]["budget_layers"][0] in q["float_ops"]
+    floats = {op for ops in q["float_ops"].values() for op in ops}
+    layers = _layer_ops(path)
+    assert len(layers) == 4 and floats < set(layers)
+    for name, (source, weight) in layers.items():
+        if name in floats:
+            assert source != "dequantize" and weight == "const", name
+        else:
+            assert (source, weight) == ("dequantize", "constexpr_affine_dequantize"), name
+    assert q["compressed_weights"] == 4 - kept
+    with torch.no_grad():
+        ref = model(x).numpy()
+    out = BACKEND.run(path, x.numpy())
+    assert _rel(out, ref) < 0.05  # all-W8A8 measured 6.4e-3 on this net, first,last + budget 1.7e-3
+
+
+def test_int8_kept_layer_not_in_the_program_is_refused(tmp_path):
+    """A layer whose weight coremltools changed (a constant scale folded into the conv) cannot be kept: one line."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 64, 3), nn.Linear(64, 48)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc((self.conv(x) * 3.0).mean((2, 3)))
+
+    request = ExportRequest((1, 3, 16, 16), "int8", torch.randn(16, 3, 16, 16), options={"keep_fp": "first"})
+    with pytest.raises(BadInputError, match=r"layer conv \(\(64, 3, 3, 3\) weight\) has no conv or linear op") as e:
+        BACKEND.export(Scaled().eval(), request, tmp_path / "m.mlpackage")
+    assert "\n" not in str(e.value) and not (tmp_path / "m.mlpackage").exists()
+    request = ExportRequest((1, 3, 16, 16), "int8", torch.randn(16, 3, 16, 16), options={"int8_budget": 5})
+    with pytest.raises(BadInputError, match=r"int8_budget=5: the model has 4 conv/linear layers; use 0\.\.4") as e:
+        BACKEND.export(_wide_net(), request, tmp_path / "m.mlpackage")
+    assert "\n" not in str(e.value) and not (tmp_path / "m.mlpackage").exists()
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3, width=32), min_size=1, max_size=64), st.integers(0, 63))
+def test_same_weight_is_fp16_tolerant_and_nothing_more(values, at):
+    """A weight matches itself stored in fp16 (relative step 2**-11), not a copy with one value off by 1%."""
+    weight = np.asarray(values, dtype=np.float32)
+    assert _same_weight(weight.astype(np.float16), weight)
+    assert not _same_weight(weight.astype(np.float16)[None], weight)  # shape counts
+    changed = weight.copy()
+    at %= len(values)
+    changed[at] = weight[at] * 1.01 if abs(weight[at]) > 1e-3 else 1.0
+    assert not _same_weight(changed.astype(np.float16), weight)
 
 def _program(build) -> object:
     from coremltools.converters.mil.mil import Function
