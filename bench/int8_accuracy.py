@@ -35,7 +35,7 @@ from edgerep.accuracy.evaluate import open_checkpoint
 from edgerep.backends import ExportRequest, get_backend
 from edgerep.export.targets import get_target
 from edgerep.images import list_images, load_images
-from edgerep.proof.numerics import closeness, top1_accuracy
+from edgerep.proof.numerics import closeness, top1_accuracy, top1_change
 from edgerep.reparam import reparameterize
 
 SHARED = Path(os.environ.get("EDGEREP_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                     row["export_s"] = round(time.perf_counter() - t0, 1)
                     o = torch.from_numpy(np.asarray(backend.run(path, test.numpy()))).reshape(len(test), -1)
                     near = closeness(ref, o)
-                    row |= {"top1": top1_accuracy(o, labels), "agreement": near.top1, "cosine": near.cosine,
+                    change, se = top1_change(ref, o, labels)  # paired: its error counts changed predictions only
+                    row |= {"top1": top1_accuracy(o, labels), "top1_change": change, "top1_change_se": se,
+                            "agreement": near.top1, "cosine": near.cosine,
                             "transforms": info.quantization.get("transforms"),
                             "weights": info.quantization.get("weights")}
                 except Exception as exc:  # noqa: BLE001 - a failing variant is a result too
@@ -133,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                 row["seconds"] = round(time.perf_counter() - t0, 1)
                 result["rows"].append(row)
                 save()
-                print(json.dumps({k: row.get(k) for k in ("model", "target", "variant", "top1", "agreement",
+                print(json.dumps({k: row.get(k) for k in ("model", "target", "variant", "top1", "top1_change",
+                                                          "top1_change_se", "agreement",
                                                           "cosine", "seconds", "error")}), flush=True)
     return 0
 

@@ -193,6 +193,16 @@ def test_old_option_spellings_still_work_with_a_warning(capsys, tmp_path):
     assert "--data" not in main_help(capsys, "eval") and "--images" in main_help(capsys, "eval")
 
 
+def test_export_help_lists_every_target_option_with_its_default(capsys):
+    from edgerep.export.targets import get_target, target_names
+
+    text = " ".join(main_help(capsys, "export").split())  # argparse and textwrap fold lines
+    for name in target_names():
+        for opt in get_target(name).options.values():
+            assert f"{opt.name}={opt.shown_default()}" in text, (name, opt.name)
+    assert "int8_budget=auto" in text
+
+
 def main_help(capsys, command: str) -> str:
     try:
         main([command, "--help"])

@@ -19,7 +19,9 @@ examples:
   edgerep export model.pt2 --target onnx,tflite       # any torch.export.save'd program: re-parameterized first
 
 Each artifact is run (Core ML on Linux: its MIL program is evaluated) and compared with the PyTorch
-deploy model before it is kept; the allowed options and tolerances of each target are in targets/*.toml.
+deploy model before it is kept; the allowed values, help and tolerances of each target are in targets/*.toml.
+--option defaults per target (int8 ones apply to int8 only):
+{options}
 Exit codes: 0 every artifact validated, 1 at least one failed validation (others are kept), 2 bad input
 (including a layer some target cannot convert: that row says "unsupported", the other targets still run).
 """
@@ -33,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "target and precision, run every artifact (Core ML on Linux: evaluate its MIL program) on real photos "
         "and random inputs, compare with the PyTorch deploy model, and keep only artifacts that pass, each "
         "with a JSON manifest (input spec, preprocessing, labels, validation, hashes, tool versions).",
-        epilog=EPILOG,
+        epilog=EPILOG.format(options=_option_defaults()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     e.add_argument("model", nargs="?", help="zoo model name, or a .pt2 program (torch.export.save); "
@@ -58,6 +60,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     renamed(e, "--layout", "--checkpoint-layout")
     add_geometry(e)
     e.set_defaults(func=run)
+
+
+def _option_defaults() -> str:
+    """Every target's options with their defaults, from the target files (so the help never goes stale)."""
+    import textwrap
+
+    from ..export.targets import get_target, target_names
+
+    lines = []
+    for name in target_names():
+        opts = ", ".join(f"{o.name}={o.shown_default()}" for o in get_target(name).options.values())
+        lines += textwrap.wrap(opts, 104, initial_indent=f"  {name:<11}", subsequent_indent=" " * 13)
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

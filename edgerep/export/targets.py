@@ -42,6 +42,9 @@ class Option:
     max: float | None = None
     help: str = ""
 
+    def shown_default(self) -> str:
+        return _show(self.default)
+
     def allowed(self) -> str:
         parts = [_show(c) for c in self.choices or ()]
         if self.min is not None:

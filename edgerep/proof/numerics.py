@@ -93,3 +93,19 @@ def top1_accuracy(logits: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> f
     """Share of rows whose argmax is the label."""
     pred = np.asarray(logits).reshape(len(logits), -1).argmax(1)
     return float((pred == np.asarray(labels)).mean())
+
+
+def top1_change(ref: Tensor | np.ndarray, out: Tensor | np.ndarray, labels: Tensor | np.ndarray) -> tuple[float, float]:
+    """Top-1 of ``out`` minus top-1 of ``ref`` on the same labelled rows, and its standard error.
+
+    Paired per image (each image's correct-or-not changes by -1, 0 or +1), so the error reflects only the images
+    whose prediction changed: with 4% of 4,800 predictions changed it is about 0.25 points, the size of the
+    differences int8 variants are compared on.
+    """
+    labels = torch.as_tensor(labels)
+    d = _hits(out, labels) - _hits(ref, labels)
+    return d.mean().item(), (d.std() / len(d) ** 0.5).item() if len(d) > 1 else float("nan")
+
+
+def _hits(logits: Tensor | np.ndarray, labels: Tensor) -> Tensor:
+    return (torch.as_tensor(np.asarray(logits)).reshape(len(labels), -1).argmax(1) == labels).double()
