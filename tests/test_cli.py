@@ -200,7 +200,7 @@ def test_export_help_lists_every_target_option_with_its_default(capsys):
     for name in target_names():
         for opt in get_target(name).options.values():
             assert f"{opt.name}={opt.shown_default()}" in text, (name, opt.name)
-    assert "int8_budget=auto" in text
+    assert "int8_budget=0" in text
 
 
 def main_help(capsys, command: str) -> str:

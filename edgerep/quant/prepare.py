@@ -5,10 +5,10 @@ backend quantizes it, driven by the target's options (targets/*.toml), the same 
                             budget=2)
 
 Each optional step (cross-layer equalization, bias correction, AdaRound, ``budget`` layers kept float chosen by
-measured sensitivity, or ``budget="auto"``: cheap layers added one at a time while each helps) is judged on a held-out part of the calibration images (every ``HOLD_OUT``-th one, never
-used to fit anything) in simulated int8 (``simulate.score``): a step that makes held-out agreement with the float
-model worse is dropped and the simpler result kept, and ``record`` (the manifest's ``quantization.transforms``)
-says so, with the scores it was decided on.
+measured sensitivity, or ``budget="auto"``: cheap layers added one at a time while each helps) is judged on a
+held-out part of the calibration images (every ``HOLD_OUT``-th one, never used to fit anything) in simulated int8
+(``simulate.score``): a step that makes held-out agreement with the float model worse is dropped and the simpler
+result kept, and ``record`` (the manifest's ``quantization.transforms``) says so, with the scores it was decided on.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def test_options_are_checked_and_cli_strings_accepted() -> None:
     t = get_target("onnx")
     opts = t.resolve_options({"opset": "20", "simplify": "false", "calibrate_method": "percentile"})
     assert opts["opset"] == 20 and opts["simplify"] is False and opts["calibrate_method"] == "percentile"
-    assert t.resolve_options({})["int8_budget"] == "auto"  # a named choice beside a number range
+    assert t.resolve_options({})["int8_budget"] == 0  # a number range with a named choice beside it
     assert t.resolve_options({"int8_budget": "AUTO"})["int8_budget"] == "auto"
     assert t.resolve_options({"int8_budget": "3"})["int8_budget"] == 3
 
