@@ -8,7 +8,9 @@ TFLite backend path (fp32: plain conversion; int8: the same PT2E quantizer, int8
 pieces chain as they do inside the whole model, float logits for the head) with the activations of the shipped
 photos at its input as calibration. All files are timed in one interleaved run (1 thread, thread-CPU clock);
 the table gives fp32 / int8 ms per piece, the speed-up and each piece's op counts, so the pieces that keep the
-whole model's speed-up low stand out. Random weights with random BN statistics, as bench/export.py.
+whole model's speed-up low stand out. The whole model is timed in the same run in fp32, in int8 as litert-torch
+writes it (the float-logits classifier left float) and in int8 as edgerep ships it (that classifier with int8
+weights, ``tflite.int8_weights_everywhere``). Random weights with random BN statistics, as bench/export.py.
 """
 
 from __future__ import annotations
@@ -21,20 +23,20 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from export import make_case  # noqa: E402  (bench/export.py: the same model, weights and photos)
+from export import make_case
 
-from edgerep.backends import tflite  # noqa: E402
-from edgerep.export.manifest import tool_versions  # noqa: E402
-from edgerep.profile.cpu import describe_cpu  # noqa: E402
-from edgerep.profile.host import runner  # noqa: E402
-from edgerep.proof.metrics import interleaved_times  # noqa: E402
+from edgerep.backends import tflite
+from edgerep.export.manifest import tool_versions
+from edgerep.profile.cpu import describe_cpu
+from edgerep.profile.host import runner
+from edgerep.proof.metrics import interleaved_times
 
 
 class _Head(nn.Module):
@@ -83,6 +85,8 @@ def export_pieces(model: nn.Module, images: torch.Tensor, workdir: Path, say) ->
                     edge = tflite._convert_int8(wrapped, tflite.NCHW_INPUT, sample, x, "minmax", last)
                 with tflite._quiet():
                     edge.export(str(path))
+                if precision == "int8":  # what the backend does to every int8 file (the float-logits classifier)
+                    path.write_bytes(tflite.int8_weights_everywhere(path)[0])
             row[f"{precision}_file"] = path
             row[f"{precision}_ops"] = tflite_ops(path)
         with torch.no_grad():
@@ -90,6 +94,29 @@ def export_pieces(model: nn.Module, images: torch.Tensor, workdir: Path, say) ->
         say(f"  {name}: exported")
         rows.append(row)
     return rows
+
+
+def export_whole(model: nn.Module, images: torch.Tensor, workdir: Path) -> dict[str, Path]:
+    """The whole model: fp32, int8 as litert-torch writes it (float classifier) and int8 as edgerep ships it."""
+    wrapped = tflite._NamedInput(model.eval()).eval()
+    sample = torch.zeros((1, *images.shape[1:]))
+    files = {v: workdir / f"whole-{v}.tflite" for v in ("fp32", "int8 float classifier", "int8")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        edges = {"fp32": tflite._convert(wrapped, tflite.NCHW_INPUT, sample),
+                 "int8 float classifier": tflite._convert_int8(wrapped, tflite.NCHW_INPUT, sample, images, "minmax",
+                                                               True)}
+        for v, edge in edges.items():
+            with tflite._quiet():
+                edge.export(str(files[v]))
+    files["int8"].write_bytes(tflite.int8_weights_everywhere(files["int8 float classifier"])[0])
+    return files
+
+
+def _spread(v: list[float]) -> dict:
+    v = sorted(v)
+    return {"median": round(statistics.median(v), 4), "p10": round(v[len(v) // 10], 4),
+            "p90": round(v[(9 * len(v)) // 10], 4), "n": len(v)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    started, t0 = datetime.now(timezone.utc), time.perf_counter()
+    started, t0 = datetime.now(UTC), time.perf_counter()
     case = make_case(args.model, args.size, args.images)
     with tempfile.TemporaryDirectory(prefix="edgerep-pieces-") as tmp:
         rows = export_pieces(case.deploy, case.images, Path(tmp), lambda s: print(s, file=sys.stderr))
+        whole = export_whole(case.deploy, case.images, Path(tmp))
         files = {(r["piece"], p): str(r[f"{p}_file"]) for r in rows for p in ("fp32", "int8")}
+        files.update({("whole", v): str(f) for v, f in whole.items()})
         calls = {}
         holders = []
         for key, path in files.items():
@@ -115,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         samples = interleaved_times(calls, rounds=args.rounds, per_round=5, warmup=3, clock="thread-cpu")
     for r in rows:
         for p in ("fp32", "int8"):
-            v = sorted(samples[(r["piece"], p)])
-            r[f"{p}_ms"] = {"median": round(statistics.median(v), 4), "p10": round(v[len(v) // 10], 4),
-                            "p90": round(v[(9 * len(v)) // 10], 4), "n": len(v)}
+            r[f"{p}_ms"] = _spread(samples[(r["piece"], p)])
             del r[f"{p}_file"]
         r["speedup"] = round(r["fp32_ms"]["median"] / r["int8_ms"]["median"], 3)
+    whole_ms = {v: _spread(samples[("whole", v)]) for v in whole}
+    whole_speedup = {v: round(whole_ms["fp32"]["median"] / whole_ms[v]["median"], 3) for v in whole if v != "fp32"}
     total = {p: round(sum(r[f"{p}_ms"]["median"] for r in rows), 4) for p in ("fp32", "int8")}
     report = {
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
@@ -130,14 +159,17 @@ def main(argv: list[str] | None = None) -> int:
                      "weights": case.weights},
         "meaning": "per piece: median ms (1 thread) of the piece exported alone, fp32 and int8 (int8 in/out, "
                    "float logits for the head); speedup = fp32 / int8",
-        "sum_of_pieces_ms": total, "sum_speedup": round(total["fp32"] / total["int8"], 3), "pieces": rows,
+        "whole_model_ms": whole_ms, "whole_model_int8_speedup": whole_speedup, "sum_of_pieces_ms": total, "sum_speedup": round(total["fp32"] / total["int8"], 3), "pieces": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for r in rows:
-        print(f"{r['piece']:>12} {str(r['input']):>16}  fp32 {r['fp32_ms']['median']:.3f}  int8 "
+        print(f"{r['piece']:>12} {r['input']!s:>16}  fp32 {r['fp32_ms']['median']:.3f}  int8 "
               f"{r['int8_ms']['median']:.3f}  {r['speedup']:.2f}x")
     print(f"{'sum':>12} {'':>16}  fp32 {total['fp32']:.3f}  int8 {total['int8']:.3f}  {report['sum_speedup']:.2f}x")
+    for v, ms in whole_ms.items():
+        print(f"whole model {v:>22}: {ms['median']:.3f} ms (p10 {ms['p10']:.3f}, p90 {ms['p90']:.3f})"
+              + (f"  {whole_speedup[v]:.2f}x" if v in whole_speedup else ""))
     return 0
 
 
