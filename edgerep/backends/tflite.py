@@ -251,8 +251,8 @@ def _float_fully_connected(path: Path) -> list[str]:
     """Output tensor names (as ai-edge-quantizer matches them) of the FULLY_CONNECTED ops with float weights.
 
     With ``float_output`` the last layer writes float logits, so litert-torch leaves it float, weights included:
-    a 1280x1000 classifier then streams 5 MB of float weights per image (RepGhostNet-1.0x's head: 0.135 ms int8
-    with it float, 0.044 ms with int8 weights; bench/tflite_pieces.py).
+    a 1280x1000 classifier then streams 5 MB of float weights per image (about 0.2 ms of a RepGhostNet-1.0x
+    at 224 px, 1 thread; bench/results/int8_pieces_repghost.json).
     """
     from ai_edge_litert.schema_py_generated import BuiltinOperator, TensorType
     from ai_edge_litert.tools.flatbuffer_utils import get_builtin_code_from_operator_code, read_model
