@@ -131,6 +131,18 @@ def test_small_int8_has_int8_io_and_tracks_pytorch(small, photos, small_artifact
     assert cosine(out, _reference(small, x)) >= 0.99
 
 
+def test_int8_float_output_classifier_has_int8_weights(small, photos, small_artifacts):
+    """With float logits (the default) the classifier keeps float input and output but int8 weights (dynamic
+    range, XNNPACK quantizes its input at run time): a float classifier streamed its float weights per image."""
+    import ai_edge_litert.interpreter as tfl
+
+    interp = tfl.Interpreter(model_path=str(small_artifacts["int8", "nchw"]))
+    dtype = {t["index"]: np.dtype(t["dtype"]) for t in interp.get_tensor_details()}
+    (fc,) = [op for op in interp._get_ops_details() if op["op_name"] == "FULLY_CONNECTED"]
+    assert [dtype[i] for i in fc["inputs"][:2]] == [np.float32, np.int8] and dtype[fc["outputs"][0]] == np.float32
+    assert interp.get_output_details()[0]["dtype"] == np.float32
+
+
 def test_nhwc_artifact_takes_channels_last_input_without_transpose(small_artifacts):
     import ai_edge_litert.interpreter as tfl
 
