@@ -1,6 +1,7 @@
 """What ``int8_budget=auto`` keeps float and what its search costs, against ``int8_budget=0``, on zoo models at 224 px.
 
-    nice -n 10 python bench/int8_budget_auto.py --models mobileone_s0,repvgg_a0 --out bench/results/int8_budget_auto.json
+    nice -n 10 python bench/int8_budget_auto.py --models mobileone_s0,repvgg_a0 \
+        --out bench/results/int8_budget_auto.json
 
 Random conv weights, BN statistics measured on the 200 shared/data/imagenet-sample photos (the issue's hard int8
 setup, ``proof.numerics.measure_bn_statistics``), then ``quant.prepare`` with equalization and bias correction (the
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.thread_time()
             _, record = prepare(model, photos, equalize=True, bias_correction=True, budget=budget)
             row = {"model": name, "int8_budget": budget, "cpu_s": round(time.thread_time() - t0, 1),
-                   "float_layers": record.get("budget_layers", []), "float_mac_share": record.get("budget_float_mac_share"),
+                   "float_layers": record.get("budget_layers", []),
+                   "float_mac_share": record.get("budget_float_mac_share"),
                    "simulated_int8": record.get("simulated_int8"), "dropped": record.get("dropped", [])}
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("model", "int8_budget", "cpu_s", "float_layers")}), flush=True)

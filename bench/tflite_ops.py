@@ -29,8 +29,7 @@ from torch import nn
 from edgerep.backends import tflite
 from edgerep.export.manifest import tool_versions
 from edgerep.profile.cpu import describe_cpu
-from edgerep.profile.host import runner
-from edgerep.proof.metrics import interleaved_times
+from edgerep.quant.speed import thread_cpu_samples
 
 
 class _NHWC(nn.Module):
@@ -106,12 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"case": name, "int8_ops": sorted(
                 o["op_name"] for o in tflite._interpreter(Path(files[(name, "int8")]))._get_ops_details()
                 if o["op_name"] != "DELEGATE")})
-        calls, holders = {}, []
-        for key, path in files.items():
-            holder, call, *_ = runner(path, 1)
-            holders.append(holder)
-            calls[key] = call
-        samples = interleaved_times(calls, rounds=args.rounds, per_round=10, warmup=3, clock="thread-cpu")
+        samples = thread_cpu_samples(files, rounds=args.rounds, per_round=10, warmup=3)
     for r in rows:
         for p in ("fp32", "int8"):
             v = sorted(1000 * t for t in samples[(r["case"], p)])

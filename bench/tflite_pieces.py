@@ -35,8 +35,7 @@ from export import make_case
 from edgerep.backends import tflite
 from edgerep.export.manifest import tool_versions
 from edgerep.profile.cpu import describe_cpu
-from edgerep.profile.host import runner
-from edgerep.proof.metrics import interleaved_times
+from edgerep.quant.speed import thread_cpu_samples
 
 
 class _Head(nn.Module):
@@ -135,13 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         whole = export_whole(case.deploy, case.images, Path(tmp))
         files = {(r["piece"], p): str(r[f"{p}_file"]) for r in rows for p in ("fp32", "int8")}
         files.update({("whole", v): str(f) for v, f in whole.items()})
-        calls = {}
-        holders = []
-        for key, path in files.items():
-            holder, call, *_ = runner(path, 1)
-            holders.append(holder)
-            calls[key] = call
-        samples = interleaved_times(calls, rounds=args.rounds, per_round=5, warmup=3, clock="thread-cpu")
+        samples = thread_cpu_samples(files, rounds=args.rounds, per_round=5, warmup=3)
     for r in rows:
         for p in ("fp32", "int8"):
             r[f"{p}_ms"] = _spread(samples[(r["piece"], p)])
@@ -159,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                      "weights": case.weights},
         "meaning": "per piece: median ms (1 thread) of the piece exported alone, fp32 and int8 (int8 in/out, "
                    "float logits for the head); speedup = fp32 / int8",
-        "whole_model_ms": whole_ms, "whole_model_int8_speedup": whole_speedup, "sum_of_pieces_ms": total, "sum_speedup": round(total["fp32"] / total["int8"], 3), "pieces": rows,
+        "whole_model_ms": whole_ms, "whole_model_int8_speedup": whole_speedup, "sum_of_pieces_ms": total,
+        "sum_speedup": round(total["fp32"] / total["int8"], 3), "pieces": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -40,9 +40,14 @@ def median_latencies(artifacts: dict[tuple[str, str], Path], *, rounds: int = 5,
     runner, a laptop building something) then still gives the ratio of the work itself. Core ML / ExecuTorch
     artifacts are left out (no runtime for them on this x86 host).
     """
-    calls = {key: _runner(path) for key, path in artifacts.items() if path.suffix in TIMED_SUFFIXES}
-    samples = interleaved_times(calls, rounds=rounds, per_round=per_round, warmup=warmup, clock="thread-cpu")
+    samples = thread_cpu_samples(artifacts, rounds=rounds, per_round=per_round, warmup=warmup)
     return {key: statistics.median(v) for key, v in samples.items()}
+
+
+def thread_cpu_samples(artifacts: dict, *, rounds: int, per_round: int, warmup: int) -> dict:
+    """Every .onnx / .tflite artifact's run times (ms, 1 thread, thread CPU clock), interleaved in one run."""
+    calls = {key: _runner(Path(path)) for key, path in artifacts.items() if Path(path).suffix in TIMED_SUFFIXES}
+    return interleaved_times(calls, rounds=rounds, per_round=per_round, warmup=warmup, clock="thread-cpu")
 
 
 def _runner(path: Path) -> Callable[[], object]:
