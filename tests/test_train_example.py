@@ -50,4 +50,6 @@ def test_an_interrupted_run_resumes_after_its_last_epoch(tmp_path: Path) -> None
     run = _train(tmp_path, epochs=2)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "resuming after epoch 1" in run.stdout and "epoch 1/2" not in run.stdout and "epoch 2/2" in run.stdout
-    assert len(json.loads((tmp_path / "repvgg_a0_narrow_cifar10.json").read_text())["history"]) == 2
+    recipe = json.loads((tmp_path / "repvgg_a0_narrow_cifar10.json").read_text())
+    assert len(recipe["history"]) == 2 and recipe["wall_seconds"]["resumed_after_epoch"] == 1
+    assert recipe["wall_seconds"]["epochs"] == sum(h["seconds"] for h in recipe["history"])  # both runs' epochs
