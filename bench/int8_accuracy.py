@@ -46,6 +46,7 @@ VARIANTS = {
     "adaround": {"adaround": True, "adaround_iterations": 100},
     "budget0": {"int8_budget": 0},
     "budget2": {"int8_budget": 2},
+    "auto": {"int8_budget": "auto"},
     "percentile": {"calibrate_method": "percentile"},
     "entropy": {"calibrate_method": "entropy"},
 }
