@@ -89,7 +89,7 @@ class CoreMLBackend:
             raise BadInputError("coreml int8 computes in fp16 between its quantized ops; drop --option"
                                 " compute_precision=fp32 (or use --precision w8 for int8 weights with fp32 compute)")
 
-        scheme = str(opts.get("activations", "symmetric"))
+        scheme = str(opts.get("activations", "unsigned"))  # defaults: targets/coreml.toml
         if precision == "int8" and scheme not in _ACTIVATION_MODES:
             raise BadInputError(f"coreml option activations={scheme!r} is not allowed; use one of: "
                                 f"{', '.join(_ACTIVATION_MODES)}")
@@ -113,7 +113,7 @@ class CoreMLBackend:
         if precision == "int8":
             floats = _float_ops(program_of(mlmodel), model, transforms["keep_fp"])
             mlmodel, info = _quantize_activations(mlmodel, request.calibration, _names(floats), scheme,
-                                                  bool(opts.get("float_output", False)))
+                                                  bool(opts.get("float_output", True)))
             quant.update(info, transforms=transforms)
         if precision in ("w8", "int8"):
             mlmodel, info = _quantize_weights(mlmodel, _names(floats))
@@ -187,7 +187,7 @@ _ACTIVATION_GRIDS = {"symmetric": "int8, no zero point",
 
 
 def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str, ...] = (),
-                          scheme: str = "symmetric", float_output: bool = False):
+                          scheme: str = "unsigned", float_output: bool = True):
     """int8 activations: ranges from the MIL evaluator on ``calibration``, quantize/dequantize pairs by coremltools.
 
     Ranges are the min / max over all calibration images (coremltools 9's own calibration keeps only the last
