@@ -205,8 +205,7 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
     function = program_of(mlmodel)
     stats = activation_ranges(MilEvaluator(function), calibration)
     _share_concat_ranges(function, stats)
-    if scheme == "unsigned":
-        stats = {name: _symmetric_if_signed(r) for name, r in stats.items()}
+    stats = {name: _grid_range(r, scheme) for name, r in stats.items()}
     cto = ct.optimize.coreml
     op = cto.OpLinearQuantizerConfig(mode=_ACTIVATION_MODES[scheme], dtype="int8")
     config = cto.OptimizationConfig(global_config=op, op_name_configs={name: None for name in floats})
@@ -233,13 +232,18 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
                  "calibration": "min/max over all images (edgerep MIL evaluator)", "output": output}
 
 
-def _symmetric_if_signed(r: dict[str, float]) -> dict[str, float]:
-    """[0, max] stays (uint8 after coremltools' zero-point pass); a range below 0 becomes [-128/127 m, m].
+def _grid_range(r: dict[str, float], scheme: str) -> dict[str, float]:
+    """The range coremltools derives a tensor's int8 grid from, for activations ``scheme``.
 
-    m = max |value|. coremltools' "linear" int8 parameters of that range are scale m/127 and zero point 0 (it
-    computes in fp16; the exact zero point 0 is 0.5 away from a rounding edge): the symmetric int8 grid.
+    An all-zero tensor (a dead ReLU layer) gets [0, 1]: coremltools' parameters of [0, 0] are scale 0 (and for
+    "linear" a NaN zero point), which the quantize op refuses; 0 stays exact. unsigned: [0, max] stays (uint8
+    after coremltools' zero-point pass); a range below 0 becomes [-128/127 m, m], m = max |value|, whose "linear"
+    int8 parameters are scale m/127 and zero point 0 (coremltools computes in fp16; the exact zero point 0 is 0.5
+    away from a rounding edge): the symmetric int8 grid.
     """
-    if r["rmin"] >= 0:
+    if r["rmin"] == r["rmax"] == 0:
+        return {"rmin": 0.0, "rmax": 1.0}
+    if scheme != "unsigned" or r["rmin"] >= 0:
         return r
     m = max(-r["rmin"], r["rmax"])
     return {"rmin": -m * 128 / 127, "rmax": m}
