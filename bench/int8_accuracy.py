@@ -12,8 +12,9 @@ measured rather than refused) and run by ``backend.run``: onnxruntime, LiteRT, E
 Variants are target options: plain = no equalization / bias correction (and 8-bit ONNX weights); default = the
 target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 = defaults with
 int8_budget=0 / 2 (onnx, executorch, coreml; the onnx and executorch default is auto);
-percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite). A variant whose
-options a target does not have is skipped for it.
+percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite); sym / asym /
+unsigned (+ _float) = defaults with that Core ML activation scheme, logits rounded to int8 (or float). A variant
+whose options a target does not have is skipped for it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ VARIANTS = {
     "auto": {"int8_budget": "auto"},
     "percentile": {"calibrate_method": "percentile"},
     "entropy": {"calibrate_method": "entropy"},
+    # coreml activation schemes, each with the logits rounded to int8 or left float (float_output)
+    **{f"{scheme}{tail}": {"activations": name, "float_output": fo}
+       for scheme, name in (("sym", "symmetric"), ("asym", "asymmetric"), ("unsigned", "unsigned"))
+       for tail, fo in (("", False), ("_float", True))},
 }
 SHIPPED_PER_CLASS = 20  # test/<class>/0000..0019.jpg are shipped in the package (edgerep/data/cifar10)
 

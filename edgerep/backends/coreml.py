@@ -14,6 +14,8 @@ Choices (measured, see shared/notes/dependencies.md):
   Layers ``keep_fp`` / ``int8_budget`` leave in float (``edgerep.quant.prepare``) are found in the MIL program by
   their weight (coremltools' op names say nothing about torch modules); their conv / linear ops keep float weights
   and read the float tensor, not a quantize/dequantize pair: what the sensitivity measurement simulated.
+  ``activations`` picks the per-tensor grid (symmetric int8, or grids with zero point / uint8 that do not waste half
+  of int8 on a ReLU output); ``float_output`` leaves the logits unrounded. Defaults: targets/coreml.toml.
 - ``w8`` is symmetric per-channel int8 weights (``constexpr_affine_dequantize``); ``palettize6/8`` are
   per-tensor k-means palettes; ``palettize4`` is k-means with one palette per group of 16 output channels,
   which needs iOS18 — a single 4-bit palette for a whole fused re-param kernel destroyed the model
@@ -87,6 +89,10 @@ class CoreMLBackend:
             raise BadInputError("coreml int8 computes in fp16 between its quantized ops; drop --option"
                                 " compute_precision=fp32 (or use --precision w8 for int8 weights with fp32 compute)")
 
+        scheme = str(opts.get("activations", "unsigned"))  # defaults: targets/coreml.toml
+        if precision == "int8" and scheme not in _ACTIVATION_MODES:
+            raise BadInputError(f"coreml option activations={scheme!r} is not allowed; use one of: "
+                                f"{', '.join(_ACTIVATION_MODES)}")
         source = str(opts.get("source", "trace"))
         transforms: dict | None = None
         if precision == "int8":  # the same prepared model as every target's int8 (edgerep.quant.prepare)
@@ -106,7 +112,8 @@ class CoreMLBackend:
         floats: dict[str, list[str]] = {}  # torch layer -> the MIL ops left in float for it (int8 only)
         if precision == "int8":
             floats = _float_ops(program_of(mlmodel), model, transforms["keep_fp"])
-            mlmodel, info = _quantize_activations(mlmodel, request.calibration, _names(floats))
+            mlmodel, info = _quantize_activations(mlmodel, request.calibration, _names(floats), scheme,
+                                                  bool(opts.get("float_output", True)))
             quant.update(info, transforms=transforms)
         if precision in ("w8", "int8"):
             mlmodel, info = _quantize_weights(mlmodel, _names(floats))
@@ -165,7 +172,22 @@ def _convert(model: nn.Module, shape: tuple[int, ...], source: str, target: str,
         )
 
 
-def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str, ...] = ()):
+# activations option -> coremltools mode, per tensor. iOS17 quantize / dequantize take an optional int8 or uint8
+# zero_point matching output_dtype. "linear" gives each tensor a zero point, so a ReLU output [0, max] gets all 256
+# levels instead of the 128 of [-max, max]; coremltools' own pass nullify_redundant_quantization_zero_point then
+# stores a zero point of -128 as uint8 without one ("performance is better when zero point = 0", its docstring).
+# "unsigned" is "linear" on ranges made symmetric for tensors that go negative: uint8 without zero point for
+# never-negative tensors, symmetric int8 for the rest, so no zero point is left anywhere (the grids of Apple's
+# training-time default, coremltools.optimize.torch: quint8, "zero point as zero for non-negative activations and
+# 128 for all other activations").
+_ACTIVATION_MODES = {"symmetric": "linear_symmetric", "asymmetric": "linear", "unsigned": "linear"}
+_ACTIVATION_GRIDS = {"symmetric": "int8, no zero point",
+                     "asymmetric": "int8 with a zero point (uint8 without one where never negative)",
+                     "unsigned": "uint8 where never negative, else int8, no zero point"}
+
+
+def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str, ...] = (),
+                          scheme: str = "unsigned", float_output: bool = True):
     """int8 activations: ranges from the MIL evaluator on ``calibration``, quantize/dequantize pairs by coremltools.
 
     Ranges are the min / max over all calibration images (coremltools 9's own calibration keeps only the last
@@ -173,6 +195,7 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
     of each concat share one range, as coremltools does, so a quantized concat needs no requantization.
     The ops named in ``floats`` get no pair of their own (``op_name_configs`` None: the prefix pass skips them),
     and ``_FloatInputs`` then feeds them past the pair the suffix pass put after the quantized op before them.
+    ``scheme`` is an ``_ACTIVATION_MODES`` key; ``float_output`` removes the pair that rounds the program's output.
     """
     from coremltools.converters.mil.frontend.milproto import load as milproto
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
@@ -182,8 +205,9 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
     function = program_of(mlmodel)
     stats = activation_ranges(MilEvaluator(function), calibration)
     _share_concat_ranges(function, stats)
+    stats = {name: _grid_range(r, scheme) for name, r in stats.items()}
     cto = ct.optimize.coreml
-    op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+    op = cto.OpLinearQuantizerConfig(mode=_ACTIVATION_MODES[scheme], dtype="int8")
     config = cto.OptimizationConfig(global_config=op, op_name_configs={name: None for name in floats})
     passes = []
     for name in _ACTIVATION_PASSES:
@@ -192,13 +216,37 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
         passes.append(graph_pass)
     passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
     if floats:
-        passes += [_FloatInputs(floats), PASS_REGISTRY["common::dead_code_elimination"]]
+        passes.append(_FloatInputs(floats))
+    if float_output:
+        passes.append(_FloatOutput())
+    if floats or float_output:
+        passes.append(PASS_REGISTRY["common::dead_code_elimination"])
     with _quiet():
         out = _apply_graph_pass(mlmodel, passes, spec_version=ct._SPECIFICATION_VERSION_IOS_17,
                                 pymil_load_func=milproto.load, skip_model_load=True)
-    quantized = sum(o.op_type == "quantize" for o in out._mil_program.functions["main"].operations)
-    return out, {"activations": "int8, symmetric, per tensor", "calibration_images": int(len(calibration)),
-                 "calibration": "min/max over all images (edgerep MIL evaluator)", "quantized_activations": quantized}
+    function = out._mil_program.functions["main"]
+    quantized = sum(o.op_type == "quantize" for o in function.operations)
+    output = "int8-rounded" if any(_rounding_pair(v) for v in function.outputs) else "float"
+    return out, {"activations": f"{scheme}, per tensor: {_ACTIVATION_GRIDS[scheme]}",
+                 "calibration_images": int(len(calibration)), "quantized_activations": quantized,
+                 "calibration": "min/max over all images (edgerep MIL evaluator)", "output": output}
+
+
+def _grid_range(r: dict[str, float], scheme: str) -> dict[str, float]:
+    """The range coremltools derives a tensor's int8 grid from, for activations ``scheme``.
+
+    An all-zero tensor (a dead ReLU layer) gets [0, 1]: coremltools' parameters of [0, 0] are scale 0 (and for
+    "linear" a NaN zero point), which the quantize op refuses; 0 stays exact. unsigned: [0, max] stays (uint8
+    after coremltools' zero-point pass); a range below 0 becomes [-128/127 m, m], m = max |value|, whose "linear"
+    int8 parameters are scale m/127 and zero point 0 (coremltools computes in fp16; the exact zero point 0 is 0.5
+    away from a rounding edge): the symmetric int8 grid.
+    """
+    if r["rmin"] == r["rmax"] == 0:
+        return {"rmin": 0.0, "rmax": 1.0}
+    if scheme != "unsigned" or r["rmin"] >= 0:
+        return r
+    m = max(-r["rmin"], r["rmax"])
+    return {"rmin": -m * 128 / 127, "rmax": m}
 
 
 def activation_ranges(evaluator: MilEvaluator, images: torch.Tensor) -> dict[str, dict[str, float]]:
@@ -309,6 +357,43 @@ class _FloatInputs(AbstractGraphPass):
     def apply(self, prog) -> None:
         for function in prog.functions.values():
             _read_float(function, self.names)
+
+
+# Ops that may follow the last layer's quantize/dequantize pair on the way to an output (single input ``x``).
+_AFTER_LAST_OP = ("cast", "reshape", "squeeze", "expand_dims", "transpose", "identity", "softmax")
+
+
+class _FloatOutput(AbstractGraphPass):
+    """Remove the ``quantize -> dequantize`` pair that rounds each program output to int8 (float logits).
+
+    The pair's reader (the fp32 cast, a reshape...) gets the float tensor instead; dead-code elimination then
+    drops the pair. A kept-float last layer has no pair after it: nothing to remove.
+    """
+
+    def apply(self, prog) -> None:
+        for function in prog.functions.values():
+            _unround_outputs(function)
+
+
+def _rounding_pair(var):
+    """The ``(quantize, dequantize)`` pair ``var`` is read from through ``_AFTER_LAST_OP`` ops only, if nothing
+    else reads that dequantize; else None."""
+    while var.op is not None and var.op.op_type in _AFTER_LAST_OP:
+        var = var.op.inputs["x"]
+    dq = var.op
+    q = dq.inputs["input"].op if dq is not None and dq.op_type == "dequantize" else None
+    if q is None or q.op_type != "quantize" or len(var.child_ops) != 1:
+        return None
+    return q, dq
+
+
+@block_context_manager
+def _unround_outputs(block) -> None:
+    for var in block.outputs:
+        pair = _rounding_pair(var)
+        if pair is not None and pair[1].outputs[0] not in block.outputs:  # an fp16 output is never read raw here
+            q, dq = pair
+            block.try_replace_uses_of_var_after_op(anchor_op=dq, old_var=dq.outputs[0], new_var=q.inputs["input"])
 
 
 @block_context_manager

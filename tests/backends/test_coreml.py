@@ -406,3 +406,136 @@ def test_concat_inputs_and_output_share_one_range():
     _share_concat_ranges(fn, stats)
     assert stats["a"] == stats["b"] == stats["c"] == {"rmin": -6.0, "rmax": 2.0}
     assert stats["s"] == {"rmin": 0.1, "rmax": 0.9}  # not part of a concat: untouched
+
+
+def _signed_net() -> nn.Module:
+    """Conv -> ReLU (never-negative tensors) and a conv without one (signed), above coremltools' weight threshold."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 96, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(96, 64, 3, stride=2, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 48),
+    ).eval()
+
+
+def _quantize_grids(path) -> list[tuple[str, str, int | None]]:
+    """Each quantize op of a saved program: (the op it reads, its output dtype, its zero point or None)."""
+    from coremltools.converters.mil.mil import types
+
+    from edgerep.backends.mil_eval import load_program
+
+    out = []
+    for op in load_program(path).operations:
+        if op.op_type == "quantize":
+            zp = op.inputs.get("zero_point")
+            out.append((op.inputs["input"].op.op_type, types.builtin_to_string(op.outputs[0].dtype),
+                        None if zp is None else int(zp.val)))
+    return out
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric", "unsigned"])
+def test_int8_activation_schemes(tmp_path, scheme):
+    """activations: the grid of every quantize op; the Linux evaluator stays close to torch for each."""
+    torch.manual_seed(2)
+    calib, x = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    model, path = _signed_net(), tmp_path / "m.mlpackage"
+    options = {"activations": scheme, "float_output": False}  # the logits' pair too
+    info = BACKEND.export(model, ExportRequest((1, 3, 16, 16), "int8", calib, options=options), path)
+    assert info.quantization["activations"].startswith(f"{scheme}, per tensor")
+    grids = _quantize_grids(path)
+    assert {src for src, _, _ in grids} == {"cast", "relu", "conv", "reshape", "linear"}
+    for src, dtype, zp in grids:
+        if scheme == "symmetric":
+            assert (dtype, zp) == ("int8", None), src
+        elif src == "relu":  # never negative: all 256 levels, no zero point (-128 became uint8)
+            assert (dtype, zp) == ("uint8", None), src
+        elif scheme == "unsigned":
+            assert (dtype, zp) == ("int8", None), src
+        else:
+            assert dtype == "int8" and zp is not None and zp != 0, src  # signed, skewed: a zero point
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel(BACKEND.run(path, x.numpy()), ref) < 0.05  # measured 0.007-0.009 for the three
+
+
+@pytest.mark.parametrize("options", [{"float_output": True}, {"float_output": True, "activations": "asymmetric"},
+                                     {"float_output": False}])
+def test_int8_float_output(tmp_path, options):
+    """float_output: no quantize after the last op (the linear feeds the fp32 cast directly); else its pair stays."""
+    from edgerep.backends.mil_eval import load_program
+
+    torch.manual_seed(3)
+    calib, x = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    model, path = _signed_net(), tmp_path / "m.mlpackage"
+    info = BACKEND.export(model, ExportRequest((1, 3, 16, 16), "int8", calib, options=options), path)
+    ops = load_program(path).operations
+    last = [op for op in ops if op.op_type not in ("const", "cast")][-1]
+    quantized = {op.inputs["input"].op.op_type for op in ops if op.op_type == "quantize"}
+    if options["float_output"]:
+        assert last.op_type == "linear" and "linear" not in quantized and info.quantization["output"] == "float"
+        assert last.inputs["x"].op.op_type == "dequantize"  # its input is still int8
+    else:
+        assert last.op_type == "dequantize" and "linear" in quantized
+        assert info.quantization["output"] == "int8-rounded"
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel(BACKEND.run(path, x.numpy()), ref) < 0.05
+
+
+@pytest.mark.parametrize("float_output", [True, False])
+def test_int8_float_output_with_float_last_layer(tmp_path, float_output):
+    """keep_fp=last already leaves the logits float (no pair after the float linear), float_output or not."""
+    request = ExportRequest((1, 3, 16, 16), "int8", torch.randn(16, 3, 16, 16),
+                            options={"keep_fp": "last", "float_output": float_output})
+    info = BACKEND.export(_signed_net(), request, tmp_path / "m.mlpackage")
+    assert info.quantization["output"] == "float" and "linear" not in {s for s, _, _ in _quantize_grids(
+        tmp_path / "m.mlpackage")}
+
+
+def test_int8_bad_activation_scheme_is_one_line(tmp_path):
+    from edgerep.export.targets import get_target
+
+    for bad in ({"activations": "affine"}, {"float_output": "yes"}):
+        with pytest.raises(BadInputError) as e:
+            get_target("coreml").resolve_options(bad)
+        assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)
+    request = ExportRequest((1, 3, 16, 16), "int8", torch.randn(16, 3, 16, 16), options={"activations": "affine"})
+    with pytest.raises(BadInputError, match=r"activations='affine' is not allowed; use one of: symmetric, asym"):
+        BACKEND.export(_small_net(), request, tmp_path / "m.mlpackage")
+    assert not (tmp_path / "m.mlpackage").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-300, 300, width=32), min_size=4, max_size=4), st.floats(0.0625, 4.0, width=32),
+       st.sampled_from(["int8", "uint8"]), st.integers(-128, 255), st.booleans())
+def test_quantize_dequantize_zero_point_exact(values, scale, dtype, zero, with_zero):
+    """quantize / dequantize with a zero point equal clip(round_half_even(x / s) + z) and (q - z) * s exactly (fp32)."""
+    from coremltools.converters.mil.mil import Function
+
+    lo, hi = (-128, 127) if dtype == "int8" else (0, 255)
+    zero = min(max(zero, lo), hi)
+    s = np.float32(scale)
+    zp = (np.int8 if dtype == "int8" else np.uint8)(zero) if with_zero else None
+    x = np.asarray(values, dtype=np.float32).reshape(1, 4)
+    with Function({"x": mb.TensorSpec(shape=(1, 4))}, opset_version=ct.target.iOS17) as fn:
+        q = mb.quantize(input=fn.inputs["x"], scale=s, zero_point=zp, output_dtype=dtype, name="q")
+        fn.set_outputs([q, mb.dequantize(input=q, scale=s, zero_point=zp, name="d")])
+    out = MilEvaluator(fn)({"x": x})
+    z = np.float32(zero if with_zero else 0)
+    expect_q = np.clip(np.rint(x / s) + z, lo, hi)  # np.rint: round half to even, as MIL specifies
+    assert out["q"].dtype == np.dtype(dtype) and np.array_equal(out["q"].astype(np.float32), expect_q)
+    assert np.array_equal(out["d"], (expect_q - z) * s)
+
+
+@pytest.mark.parametrize("scheme", ["symmetric", "asymmetric", "unsigned"])
+def test_int8_dead_layer_exports(tmp_path, scheme):
+    """An all-zero activation (every ReLU input negative) gets a valid grid: coremltools' own is scale 0 there."""
+    model = _signed_net()
+    with torch.no_grad():
+        model[0].bias.fill_(-1e3)
+    calib, x = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    request = ExportRequest((1, 3, 16, 16), "int8", calib, options={"activations": scheme})
+    BACKEND.export(model, request, tmp_path / "m.mlpackage")
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert _rel(BACKEND.run(tmp_path / "m.mlpackage", x.numpy()), ref) < 0.05  # measured 1.3e-3
