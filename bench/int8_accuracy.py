@@ -9,9 +9,9 @@ evenly over shared/data/cifar10/test minus the 200 shipped ones (0000-0019 of ea
 disjoint and neither was used to pick anything (prepare's own held-out part is a quarter of the calibration
 photos). Every artifact is built by the backend (``backend.export``, no validation floor, so a bad variant is
 measured rather than refused) and run by ``backend.run``: onnxruntime, LiteRT, ExecuTorch, Core ML's MIL program.
-Variants are target options: plain = no equalization / bias correction (and 8-bit ONNX weights); default = the
-target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 = defaults with
-int8_budget=0 / 2 (onnx, executorch, coreml; the onnx and executorch default is auto);
+Variants are target options: plain = no equalization / bias correction (and 8-bit ONNX weights); eqbc = both on;
+default = the target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 / auto =
+defaults with int8_budget=0 / 2 / auto (onnx, executorch, coreml);
 percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite); sym / asym /
 unsigned (+ _float) = defaults with that Core ML activation scheme, logits rounded to int8 (or float). A variant
 whose options a target does not have is skipped for it.
@@ -48,6 +48,7 @@ VARIANTS = {
     "budget0": {"int8_budget": 0},
     "budget2": {"int8_budget": 2},
     "auto": {"int8_budget": "auto"},
+    "eqbc": {"equalize": True, "bias_correction": True},
     "percentile": {"calibrate_method": "percentile"},
     "entropy": {"calibrate_method": "entropy"},
     # coreml activation schemes, each with the logits rounded to int8 or left float (float_output)
