@@ -17,7 +17,7 @@ from .console import progress_bar
 from .errors import BadInputError, EdgerepError, Interrupted, VerificationError
 from .fileio import atomic_path, removed_if_empty, sha256_path, writable_file
 from .images import Batch, ImageList, Preprocess, evenly_spaced, list_images, load_images
-from .proof.verify import DEFAULT_RTOL, DeployReport, verify_deploy
+from .proof.verify import DEFAULT_RTOL, DeployReport, failure_message, verify_deploy
 from .reparam import count_blocks, reparameterize
 from .zoo import get_spec
 
@@ -78,13 +78,7 @@ def deploy(
     )
     report.unmerged = unmerged
     if not report.passed:
-        worst = max([c for c in report.checks if not c.passed] or report.checks, key=lambda c: c.rel)
-        fp64 = "" if worst.rel_fp64 is None else f", and {worst.rel_fp64:.3g} > {worst.rtol_fp64:g} in float64"
-        raise VerificationError(
-            f"{name}: deploy form differs from its training form: rel error {worst.rel:.3g} > {rtol:g}{fp64}"
-            f" ({worst.form} on {worst.inputs} vs {worst.reference})",
-            report,
-        )
+        raise VerificationError(failure_message(report), report)
     return deployed, report
 
 
