@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/int8_accuracy.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    result = {"cpu": cpu(), "torch": torch.__version__, "calibration": f"{args.calib} of cifar10/train (evenly spread)",
+    command = "python bench/int8_accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result = {"command": command, "cpu": cpu(), "torch": torch.__version__, "calibration": f"{args.calib} of cifar10/train (evenly spread)",
               "test": f"{args.test} of cifar10/test minus the 200 shipped (evenly spread)", "rows": []}
     out = Path(args.out)
 
