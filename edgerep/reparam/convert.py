@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import torch
 from torch import nn
 
 from ..errors import BadInputError
@@ -33,7 +34,7 @@ def reparameterize(model: nn.Module, *, inplace: bool = False, train_mode: str =
         model = copy.deepcopy(model)
     model.eval()
     if isinstance(model, ReparamBlock):
-        return model.fuse().eval()
+        return _fused(model)
     _fuse_children(model)
     return model
 
@@ -42,7 +43,20 @@ def _fuse_children(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         _fuse_children(child)
         if isinstance(child, ReparamBlock):
-            setattr(module, name, child.fuse().eval())
+            setattr(module, name, _fused(child))
+
+
+def _fused(block: ReparamBlock) -> nn.Module:
+    """``block.fuse()`` computed in float64 and returned in the block's own float dtype (correctly rounded weights).
+
+    A fused bias is ``beta - gamma * mean / std``: with running means in the thousands, fp32 fusion arithmetic alone
+    put 2.3e-4 relative error on a deep test net whose fp32 forward rounds at 1.4e-5 (tests/proof/test_verify.py).
+    The block is the caller's own copy (``reparameterize`` copies unless ``inplace``) and is replaced by the result.
+    """
+    dtype = next((t.dtype for t in [*block.parameters(), *block.buffers()] if t.is_floating_point()), None)
+    if dtype is None or dtype == torch.float64:
+        return block.fuse().eval()
+    return block.double().fuse().to(dtype).eval()
 
 
 def count_blocks(model: nn.Module) -> dict[str, int]:
