@@ -375,16 +375,19 @@ class _FloatOutput(AbstractGraphPass):
             _unround_outputs(function)
 
 
+def _pair_behind(var):
+    """The ``(quantize, dequantize)`` pair that produces ``var``, else None."""
+    dq = var.op
+    q = dq.inputs["input"].op if dq is not None and dq.op_type == "dequantize" else None
+    return (q, dq) if q is not None and q.op_type == "quantize" else None
+
+
 def _rounding_pair(var):
     """The ``(quantize, dequantize)`` pair ``var`` is read from through ``_AFTER_LAST_OP`` ops only, if nothing
     else reads that dequantize; else None."""
     while var.op is not None and var.op.op_type in _AFTER_LAST_OP:
         var = var.op.inputs["x"]
-    dq = var.op
-    q = dq.inputs["input"].op if dq is not None and dq.op_type == "dequantize" else None
-    if q is None or q.op_type != "quantize" or len(var.child_ops) != 1:
-        return None
-    return q, dq
+    return _pair_behind(var) if len(var.child_ops) == 1 else None
 
 
 @block_context_manager
@@ -399,12 +402,12 @@ def _unround_outputs(block) -> None:
 @block_context_manager
 def _read_float(block, names: set[str]) -> None:
     for op in list(block.operations):
-        dq = op.inputs["x"].op if op.name in names else None
-        q = dq.inputs["input"].op if dq is not None and dq.op_type == "dequantize" else None
-        if q is None or q.op_type != "quantize":
+        pair = _pair_behind(op.inputs["x"]) if op.name in names else None
+        if pair is None:
             continue
         out = op.outputs[0].name
-        new = getattr(mb, op.op_type)(**{**op.inputs, "x": q.inputs["input"], "name": op.name, "before_op": op})
+        x = pair[0].inputs["input"]
+        new = getattr(mb, op.op_type)(**{**op.inputs, "x": x, "name": op.name, "before_op": op})
         if block.try_replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new):
             block.remove_ops([op])
             new.set_name(out)
