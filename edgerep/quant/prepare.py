@@ -26,7 +26,7 @@ from .equalize import fold_batchnorms
 from .fakequant import RANGES
 from .graph import NotTraceable, layer_macs, layer_order, resolve_layers
 from .sensitivity import layer_sensitivity
-from .simulate import Score, logits, score
+from .simulate import Score, input_ranges, logits, score
 
 HOLD_OUT = 4  # every 4th calibration image judges the steps
 MIN_HELD_OUT = 8  # fewer held-out images cannot decide anything: every step is then applied as asked
@@ -189,14 +189,19 @@ class _Judge:
         self.active = int(held.sum()) >= MIN_HELD_OUT
         self.fit, self.held = (images[~held], images[held]) if self.active else (images, images[:0])
         self.bits, self.method = bits, method
+        self._ranged: tuple[nn.Module, dict] | None = None  # the last scored model and its activation ranges
         if self.active:
             with torch.no_grad():
                 self.reference = logits(model, self.held)
             self.best = self._score(model, keep)
 
     def _score(self, model: nn.Module, keep: list[str]) -> Score:
+        """Ranges are measured once per model: budget candidates differ only in the layers they keep float."""
+        if self._ranged is None or self._ranged[0] is not model:
+            names = layer_order(model, self.held[:1].float())
+            self._ranged = (model, input_ranges(model.eval(), names, self.fit, self.method))
         return score(model, self.fit, self.held, skip=tuple(keep), method=self.method, bits=self.bits,
-                     reference=self.reference)
+                     reference=self.reference, ranges=self._ranged[1])
 
     def accept(self, name: str, candidate: nn.Module, keep: list[str], record: dict, need_gain: bool = False) -> bool:
         """Keep ``candidate`` unless it scores worse on the held-out images (``need_gain``: unless more agree)."""

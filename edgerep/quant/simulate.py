@@ -91,16 +91,18 @@ def quantized(
 @torch.no_grad()
 def score(
     model: nn.Module, calibration: Tensor, held_out: Tensor, *, skip: tuple[str, ...] = (), method: str = "minmax",
-    bits: int = 8, reference: Tensor | None = None,
+    bits: int = 8, reference: Tensor | None = None, ranges: dict | None = None,
 ) -> Score:
     """Simulated int8 of ``model`` (``skip`` layers float), calibrated on ``calibration``, judged on ``held_out``.
 
     ``reference`` is the float model's output on ``held_out`` (pass the *original* model's, so a transform that
-    changed the float function is judged against what the user trained).
+    changed the float function is judged against what the user trained). ``ranges``: ``input_ranges`` of this
+    model on ``calibration`` by ``method``, when the caller already has them (they do not depend on ``skip``).
     """
     model = model.eval()
     names = layer_order(model, held_out[:1].float())
-    ranges = input_ranges(model, names, calibration, method)
+    if ranges is None:
+        ranges = input_ranges(model, names, calibration, method)
     ref = logits(model, held_out) if reference is None else reference.flatten(1)
     with quantized(model, [n for n in names if n not in skip], ranges, bits, last=names[-1] if names else None):
         out = logits(model, held_out)
