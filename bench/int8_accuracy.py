@@ -12,7 +12,7 @@ measured rather than refused) and run by ``backend.run``: onnxruntime, LiteRT, E
 Variants are target options: plain = no equalization / bias correction (and 8-bit ONNX weights); eqbc = both on;
 default = the target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 / auto =
 defaults with int8_budget=0 / 2 / auto (onnx, executorch, coreml);
-percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite); sym / asym /
+percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite, coreml); sym / asym /
 unsigned (+ _float) = defaults with that Core ML activation scheme, logits rounded to int8 (or float). A variant
 whose options a target does not have is skipped for it.
 """

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..errors import BadInputError, EdgerepError, require
 from ..quant import check_calibration, from_options
+from ..quant.calibration import HISTOGRAM_BINS, PERCENTILE, percentile_bound
 from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
 from .mil_eval import MilEvaluator, load_program, op_types, program_of
 
@@ -59,6 +60,9 @@ _PALETTE_BITS = {"palettize4": 4, "palettize6": 6, "palettize8": 8}
 _GROUPED_PALETTE = {4: 16}  # nbits -> output channels per palette (per_grouped_channel, iOS18+)
 # Oldest deployment target a precision's ops exist on: activation quantize/dequantize (iOS17), grouped palettes.
 _MIN_TARGET = {"int8": "iOS17", "palettize4": "iOS18"}
+# Activation range methods (option calibrate_method) and how the manifest describes each.
+_METHODS = {"minmax": "min/max",
+            "percentile": f"{PERCENTILE} percentile of |x| (histogram of {HISTOGRAM_BINS} bins)"}
 # coremltools' passes that turn activation ranges into quantize/dequantize pairs (linear_quantize_activations').
 _ACTIVATION_PASSES = ("compression::insert_prefix_quantize_dequantize_pair",
                       "compression::insert_suffix_quantize_dequantize_pair")
@@ -93,6 +97,7 @@ class CoreMLBackend:
         if precision == "int8" and scheme not in _ACTIVATION_MODES:
             raise BadInputError(f"coreml option activations={scheme!r} is not allowed; use one of: "
                                 f"{', '.join(_ACTIVATION_MODES)}")
+        method = str(opts.get("calibrate_method", "minmax"))
         source = str(opts.get("source", "trace"))
         transforms: dict | None = None
         if precision == "int8":  # the same prepared model as every target's int8 (edgerep.quant.prepare)
@@ -113,7 +118,7 @@ class CoreMLBackend:
         if precision == "int8":
             floats = _float_ops(program_of(mlmodel), model, transforms["keep_fp"])
             mlmodel, info = _quantize_activations(mlmodel, request.calibration, _names(floats), scheme,
-                                                  bool(opts.get("float_output", True)))
+                                                  bool(opts.get("float_output", True)), method)
             quant.update(info, transforms=transforms)
         if precision in ("w8", "int8"):
             mlmodel, info = _quantize_weights(mlmodel, _names(floats))
@@ -187,11 +192,12 @@ _ACTIVATION_GRIDS = {"symmetric": "int8, no zero point",
 
 
 def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str, ...] = (),
-                          scheme: str = "unsigned", float_output: bool = True):
+                          scheme: str = "unsigned", float_output: bool = True, method: str = "minmax"):
     """int8 activations: ranges from the MIL evaluator on ``calibration``, quantize/dequantize pairs by coremltools.
 
-    Ranges are the min / max over all calibration images (coremltools 9's own calibration keeps only the last
-    sample's range: its ``record_intermediate_output`` overwrites before it compares). The inputs and output
+    Ranges are taken over all calibration images by ``method`` (``activation_ranges``; coremltools 9's own
+    calibration keeps only the last sample's range: its ``record_intermediate_output`` overwrites before it
+    compares). The inputs and output
     of each concat share one range, as coremltools does, so a quantized concat needs no requantization.
     The ops named in ``floats`` get no pair of their own (``op_name_configs`` None: the prefix pass skips them),
     and ``_FloatInputs`` then feeds them past the pair the suffix pass put after the quantized op before them.
@@ -203,7 +209,7 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
     from coremltools.models.utils import _apply_graph_pass
 
     function = program_of(mlmodel)
-    stats = activation_ranges(MilEvaluator(function), calibration)
+    stats = activation_ranges(MilEvaluator(function), calibration, method)
     _share_concat_ranges(function, stats)
     stats = {name: _grid_range(r, scheme) for name, r in stats.items()}
     cto = ct.optimize.coreml
@@ -229,7 +235,7 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
     output = "int8-rounded" if any(_rounding_pair(v) for v in function.outputs) else "float"
     return out, {"activations": f"{scheme}, per tensor: {_ACTIVATION_GRIDS[scheme]}",
                  "calibration_images": int(len(calibration)), "quantized_activations": quantized,
-                 "calibration": "min/max over all images (edgerep MIL evaluator)", "output": output}
+                 "calibration": f"{_METHODS[method]} over all images (edgerep MIL evaluator)", "output": output}
 
 
 def _grid_range(r: dict[str, float], scheme: str) -> dict[str, float]:
@@ -249,28 +255,58 @@ def _grid_range(r: dict[str, float], scheme: str) -> dict[str, float]:
     return {"rmin": -m * 128 / 127, "rmax": m}
 
 
-def activation_ranges(evaluator: MilEvaluator, images: torch.Tensor) -> dict[str, dict[str, float]]:
+def activation_ranges(evaluator: MilEvaluator, images: torch.Tensor,
+                      method: str = "minmax") -> dict[str, dict[str, float]]:
     """``{tensor name: {"rmin", "rmax"}}`` of every float tensor the program computes, over all ``images``.
 
+    ``method`` (a ``_METHODS`` key): ``minmax`` is the observed range; ``percentile`` clips it to the |x| that
+    ``PERCENTILE`` % of a tensor's values do not exceed, from a second pass that fills a histogram of |x| over
+    the first pass's range (onnxruntime's Percentile: one outlier in 10^5 values no longer sets the grid).
     Images are fed in the program's fixed batch; a last partial batch is dropped (it cannot be fed).
     """
-    name = evaluator.input_names[0]
-    batch = int(evaluator.function.inputs[name].shape[0])
+    if method not in _METHODS:
+        raise BadInputError(f"coreml option calibrate_method={method!r} is not allowed; use one of: "
+                            f"{', '.join(_METHODS)}")
     stats: dict[str, dict[str, float]] = {}
 
     def observe(tensor: str, value: torch.Tensor) -> None:
+        lo, hi = value.min().item(), value.max().item()
+        seen = stats.setdefault(tensor, {"rmin": lo, "rmax": hi})
+        seen["rmin"], seen["rmax"] = min(seen["rmin"], lo), max(seen["rmax"], hi)
+
+    _observe_all(evaluator, images, observe)
+    if method == "minmax":
+        return stats
+    top = {name: max(-r["rmin"], r["rmax"]) for name, r in stats.items()}
+    histograms = {name: torch.zeros(HISTOGRAM_BINS, dtype=torch.float64) for name, t in top.items() if t > 0}
+
+    def count(tensor: str, value: torch.Tensor) -> None:
+        if tensor in histograms:
+            histograms[tensor] += torch.histc(value.abs().float(), HISTOGRAM_BINS, 0, top[tensor]).double()
+
+    _observe_all(evaluator, images, count)
+    for name, histogram in histograms.items():
+        bound = percentile_bound(histogram, top[name])
+        stats[name] = {"rmin": max(stats[name]["rmin"], -bound), "rmax": min(stats[name]["rmax"], bound)}
+    return stats
+
+
+def _observe_all(evaluator: MilEvaluator, images: torch.Tensor, observe) -> None:
+    """Run ``images`` through ``evaluator`` in its fixed batch, calling ``observe(name, value)`` on every
+    non-empty float tensor; refuse fewer images than one batch."""
+    name = evaluator.input_names[0]
+    batch = int(evaluator.function.inputs[name].shape[0])
+    if len(images) < batch:
+        raise BadInputError(f"int8 calibration needs at least {batch} images (the model's batch); got {len(images)}")
+
+    def floats(tensor: str, value: torch.Tensor) -> None:
         if value.is_floating_point() and value.numel():
-            lo, hi = value.min().item(), value.max().item()
-            seen = stats.setdefault(tensor, {"rmin": lo, "rmax": hi})
-            seen["rmin"], seen["rmax"] = min(seen["rmin"], lo), max(seen["rmax"], hi)
+            observe(tensor, value)
 
     x = images.detach().float().cpu().numpy()
     with torch.inference_mode(), _single_thread():
         for i in range(0, len(x) - len(x) % batch, batch):
-            evaluator({name: x[i : i + batch]}, observe=observe)
-    if not stats:
-        raise BadInputError(f"int8 calibration needs at least {batch} images (the model's batch); got {len(x)}")
-    return stats
+            evaluator({name: x[i : i + batch]}, observe=floats)
 
 
 def _share_concat_ranges(function, stats: dict[str, dict[str, float]]) -> None:

@@ -5,6 +5,8 @@
 - tflite (torchao PT2E observers): ``mse`` (``HistogramObserver``: the clipping range with least L2
   rounding + clipping error, what litert-torch uses by default), ``minmax`` (``MinMaxObserver``),
   ``percentile`` (the histogram's 0.001 % / 99.999 % quantiles, below).
+- coreml (edgerep's MIL evaluator): ``minmax``, ``percentile`` (onnxruntime's rule on a histogram of |x|:
+  ``percentile_bound``).
 Each target file lists the ones its backend offers (``targets/*.toml``, option ``calibration``).
 """
 
@@ -16,7 +18,19 @@ import torch
 
 ONNX_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 TFLITE_METHODS = ("mse", "minmax", "percentile")
-PERCENTILE = 99.999  # onnxruntime's default, used for both backends so "percentile" means one thing
+PERCENTILE = 99.999  # onnxruntime's default, used for every backend so "percentile" means one thing
+HISTOGRAM_BINS = 2048  # onnxruntime's for Percentile
+
+
+def percentile_bound(histogram: torch.Tensor, top: float) -> float:
+    """The |x| that ``PERCENTILE`` % of the values do not exceed, from a histogram of |x| over [0, ``top``].
+
+    onnxruntime's symmetric Percentile rule (the bin where the cumulative share reaches the percentile), taking
+    that bin's upper edge: a range never cuts into the bin that holds the percentile.
+    """
+    cdf = torch.cumsum(histogram.double(), 0) / histogram.double().sum().clamp_min(1)
+    i = int(torch.searchsorted(cdf, torch.tensor(PERCENTILE / 100, dtype=cdf.dtype)).clamp(max=len(cdf) - 1))
+    return top * (i + 1) / len(cdf)
 
 
 def onnx_method(name: str):

@@ -379,10 +379,10 @@ def test_same_weight_is_fp16_tolerant_and_nothing_more(values, at):
     changed[at] = weight[at] * 1.01 if abs(weight[at]) > 1e-3 else 1.0
     assert not _same_weight(changed.astype(np.float16), weight)
 
-def _program(build) -> object:
+def _program(build, shape: tuple[int, ...] = (1, 2, 3, 3)) -> object:
     from coremltools.converters.mil.mil import Function
 
-    with Function({"x": mb.TensorSpec(shape=(1, 2, 3, 3))}, opset_version=ct.target.iOS17) as fn:
+    with Function({"x": mb.TensorSpec(shape=shape)}, opset_version=ct.target.iOS17) as fn:
         fn.set_outputs(build(fn.inputs["x"]))
     return fn
 
@@ -396,6 +396,28 @@ def test_activation_ranges_cover_every_image():
     assert stats["x"] == {"rmin": -3.0, "rmax": 5.0}
     assert stats["r"] == {"rmin": 0.0, "rmax": 5.0}
     assert stats["m"] == {"rmin": 0.0, "rmax": 10.0}
+
+
+def test_percentile_ranges_ignore_a_rare_outlier():
+    """One value in 655,360 no longer sets the grid: the range ends near the largest normal values."""
+    fn = _program(lambda x: [mb.relu(x=x, name="r")], shape=(1, 4, 64, 64))
+    torch.manual_seed(0)
+    images = torch.randn(40, 4, 64, 64)
+    images[3, 1, 5, 7] = 100.0
+    minmax = activation_ranges(MilEvaluator(fn), images)
+    percentile = activation_ranges(MilEvaluator(fn), images, "percentile")
+    assert minmax["x"]["rmax"] == minmax["r"]["rmax"] == 100.0
+    normal = images.abs().flatten().topk(2).values[1].item()  # the largest |x| but the outlier
+    for name in ("x", "r"):
+        assert 3.0 < percentile[name]["rmax"] <= normal + 100.0 / 2048  # at most one histogram bin above
+    assert percentile["x"]["rmin"] == max(minmax["x"]["rmin"], -percentile["x"]["rmax"])  # symmetric clip
+    assert percentile["r"]["rmin"] == 0.0
+
+
+def test_bad_calibrate_method_is_refused():
+    fn = _program(lambda x: [mb.relu(x=x, name="r")])
+    with pytest.raises(BadInputError, match="calibrate_method='kl'.*minmax, percentile"):
+        activation_ranges(MilEvaluator(fn), torch.zeros(1, 2, 3, 3), "kl")
 
 
 def test_concat_inputs_and_output_share_one_range():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -244,3 +244,18 @@ def test_checkpoint_sensitivity_of_the_shipped_model() -> None:
     report = checkpoint_sensitivity(default_model_path(), default_images_dir())
     assert report.images == 200 and abs(report.top1_fp32 - 0.69) < 1e-9  # the recipe's shipped top-1
     assert len(report.layers) == 96 and report.layers[0].agreement_change <= report.layers[-1].agreement_change
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 400_000), st.floats(0.01, 1e4), st.integers(0, 2**31 - 1))
+def test_percentile_bound_is_the_bin_that_reaches_the_percentile(n, spread, seed):
+    """At least PERCENTILE % of |x| lie at or below the bound, fewer below the bound one bin lower."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, generator=g, dtype=torch.float64) * spread).abs()
+    top = x.max().item()
+    bins = calibration.HISTOGRAM_BINS
+    bound = calibration.percentile_bound(torch.histc(x, bins, 0, top), top)
+    share = calibration.PERCENTILE / 100
+    width = top / bins
+    assert (x <= bound + 1e-9 * top).double().mean() >= share
+    assert (x <= bound - width - 1e-9 * top).double().mean() < share
