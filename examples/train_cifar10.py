@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -36,10 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgerep.checkpoints.load import save_checkpoint
+from edgerep.errors import BadInputError, EdgerepError
 from edgerep.fileio import atomic_path, sha256_path, write_json
 from edgerep.images import Preprocess, list_images, load_images, normalize
 from edgerep.resources import cache_dir
-from edgerep.zoo import create_model
+from edgerep.zoo import create_model, get_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = Path(os.environ.get("EDGEREP_SHARED", REPO.parent / "shared")) / "data/cifar10"
@@ -169,6 +171,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     pre = Preprocess(32, mean=CIFAR_MEAN, std=CIFAR_STD)
+    get_spec(args.model)  # an unknown name is refused before minutes of decoding photos
 
     print(f"loading data ({args.data}, {args.test}, {args.shipped})", flush=True)
     x_train, y_train, classes = load_split(args.data, pre, "train")
@@ -178,7 +181,8 @@ def main() -> None:
     x_test, y_test, test_classes = load_split(args.test, pre, "test")
     x_ship, y_ship, ship_classes = load_split(args.shipped, pre, "shipped")
     if not classes == test_classes == ship_classes:
-        raise SystemExit(f"class folders differ: train {classes}, test {test_classes}, shipped {ship_classes}")
+        raise BadInputError(f"class folders differ: train {classes}, test {test_classes}, shipped {ship_classes};"
+                            " give --data, --test and --shipped folders with the same class subfolders")
     t_loaded = time.perf_counter()
 
     model = create_model(args.model, num_classes=len(classes)).to(memory_format=torch.channels_last)
@@ -265,4 +269,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgerepError as exc:  # bad paths, unreadable photos, unknown model: one line, exit 2
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -53,3 +53,13 @@ def test_an_interrupted_run_resumes_after_its_last_epoch(tmp_path: Path) -> None
     recipe = json.loads((tmp_path / "repvgg_a0_narrow_cifar10.json").read_text())
     assert len(recipe["history"]) == 2 and recipe["wall_seconds"]["resumed_after_epoch"] == 1
     assert recipe["wall_seconds"]["epochs"] == sum(h["seconds"] for h in recipe["history"])  # both runs' epochs
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A missing folder or an unknown model name: one line on stderr, exit 2, no traceback, nothing written."""
+    for extra in (["--data", str(tmp_path / "missing")], ["--model", "no_such_model"]):
+        cmd = [sys.executable, str(SCRIPT), "--epochs", "1", "--out-dir", str(tmp_path / "out"), *extra]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert run.stderr.startswith("error: ") and "Traceback" not in run.stderr and len(run.stderr.splitlines()) == 1
+        assert not (tmp_path / "out").exists()
