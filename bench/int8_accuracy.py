@@ -13,8 +13,9 @@ Variants are target options: plain = no equalization / bias correction (and 8-bi
 default = the target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 / auto =
 defaults with int8_budget=0 / 2 / auto (onnx, executorch, coreml);
 percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite, coreml); sym / asym /
-unsigned (+ _float) = defaults with that Core ML activation scheme, logits rounded to int8 (or float). A variant
-whose options a target does not have is skipped for it.
+unsigned (+ _float) = defaults with that Core ML activation scheme, logits rounded to int8 (or float); fp16 = the
+target's fp16 artifact (Core ML W8A8 computes in fp16 between its quantized ops). A variant whose options (or
+precision) a target does not have is skipped for it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ MODELS = ["edgerep/data/models/repghostnet_050_cifar10.pt", "edgerep/data/models
 VARIANTS = {
     "plain": {"equalize": False, "bias_correction": False},
     "default": {},
+    "fp16": {},  # the target's fp16 artifact: how much of an int8 loss fp16 compute alone explains (Core ML W8A8)
     "adaround": {"adaround": True, "adaround_iterations": 100},
     "budget0": {"int8_budget": 0},
     "budget2": {"int8_budget": 2},
@@ -112,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         for target in args.targets.split(","):
             tgt, backend = get_target(target), get_backend(target)
             plan = [("fp32", {})] + [(v, VARIANTS[v]) for v in args.variants.split(",")
-                                     if all(k in tgt.options for k in VARIANTS[v])]
+                                     if all(k in tgt.options for k in VARIANTS[v])
+                                     and (v != "fp16" or "fp16" in tgt.precisions)]
             for variant, given in plan:
-                precision = "fp32" if variant == "fp32" else "int8"
+                precision = variant if variant in ("fp32", "fp16") else "int8"
                 opts = dict(given)
                 if variant == "plain" and "reduce_range" in tgt.options:
                     opts["reduce_range"] = False
