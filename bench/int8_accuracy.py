@@ -12,7 +12,8 @@ measured rather than refused) and run by ``backend.run``: onnxruntime, LiteRT, E
 Variants are target options: plain = no equalization / bias correction (and 8-bit ONNX weights); eqbc = both on;
 default = the target's defaults; adaround = defaults + AdaRound (100 steps per layer); budget0 / budget2 / auto =
 defaults with int8_budget=0 / 2 / auto (onnx, executorch, coreml);
-percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite, coreml); sym / asym /
+percentile / entropy = defaults with that activation-range method (onnx; percentile also tflite, coreml);
+percentile_eqbc = percentile with equalization and bias correction asked for (each still judged); sym / asym /
 unsigned (+ _float) = defaults with that Core ML activation scheme, logits rounded to int8 (or float); fp16 = the
 target's fp16 artifact (Core ML W8A8 computes in fp16 between its quantized ops). A variant whose options (or
 precision) a target does not have is skipped for it.
@@ -53,6 +54,7 @@ VARIANTS = {
     "eqbc": {"equalize": True, "bias_correction": True},
     "percentile": {"calibrate_method": "percentile"},
     "entropy": {"calibrate_method": "entropy"},
+    "percentile_eqbc": {"calibrate_method": "percentile", "equalize": True, "bias_correction": True},
     # coreml activation schemes, each with the logits rounded to int8 or left float (float_output)
     **{f"{scheme}{tail}": {"activations": name, "float_output": fo}
        for scheme, name in (("sym", "symmetric"), ("asym", "asymmetric"), ("unsigned", "unsigned"))

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"model": name, "int8_budget": budget, "cpu_s": round(time.thread_time() - t0, 1),
                    "float_layers": record.get("budget_layers", []),
                    "float_mac_share": record.get("budget_float_mac_share"),
-                   "simulated_int8": record.get("simulated_int8"), "dropped": record.get("dropped", [])}
+                   "held_out_int8": record.get("held_out_int8"), "dropped": record.get("dropped", [])}
             result["rows"].append(row)
             print(json.dumps({k: row[k] for k in ("model", "int8_budget", "cpu_s", "float_layers")}), flush=True)
     out = Path(args.out)

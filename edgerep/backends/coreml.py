@@ -99,29 +99,38 @@ class CoreMLBackend:
                                 f"{', '.join(_ACTIVATION_MODES)}")
         method = str(opts.get("calibrate_method", "minmax"))
         source = str(opts.get("source", "trace"))
-        transforms: dict | None = None
-        if precision == "int8":  # the same prepared model as every target's int8 (edgerep.quant.prepare)
-            model, transforms = from_options(model.eval(), request.calibration, opts)
-        try:
-            mlmodel = _convert(model, request.input_shape, source, target, compute)
-        except EdgerepError:
-            raise
-        except Exception as exc:  # one line naming the layer and op coremltools could not convert
-            other = "export" if source == "trace" else "trace"
-            raise conversion_error(
-                "coreml", f"coremltools {ct.__version__} (source={source}, {target})", exc, _OP_PATTERNS, model,
-                torch.zeros(request.input_shape),
-                f"replace or remove the layer, try --option source={other}, or export to another target",
-            ) from exc
         quant: dict = {"minimum_deployment_target": target, "compute_precision": compute}
         floats: dict[str, list[str]] = {}  # torch layer -> the MIL ops left in float for it (int8 only)
+
+        def convert(m: nn.Module):
+            return _converted(m, request.input_shape, source, target, compute)
+
         if precision == "int8":
-            floats = _float_ops(program_of(mlmodel), model, transforms["keep_fp"])
-            mlmodel, info = _quantize_activations(mlmodel, request.calibration, _names(floats), scheme,
-                                                  bool(opts.get("float_output", True)), method)
+            float_output = bool(opts.get("float_output", True))
+
+            def w8a8(m: nn.Module, keep: list[str], images: torch.Tensor) -> tuple[object, dict, dict]:
+                """The W8A8 program of ``m`` calibrated on ``images``, layers ``keep`` float; its float ops; info."""
+                mlmodel = convert(m)
+                floats = _float_ops(program_of(mlmodel), m, keep)
+                mlmodel, info = _quantize_activations(mlmodel, images, _names(floats), scheme, float_output, method)
+                mlmodel, weights = _quantize_weights(mlmodel, _names(floats))
+                return mlmodel, floats, info | weights
+
+            def measure(m: nn.Module, keep: list[str], fit: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+                """Each prepare step is judged by the W8A8 program itself (simulated int8 misjudged Core ML)."""
+                program = program_of(w8a8(m, keep, fit)[0])
+                evaluator = MilEvaluator(program)
+                batch = int(program.inputs[INPUT_NAME].shape[0])
+                return torch.from_numpy(_batched(evaluator, batch, held.numpy(), "the candidate int8 program"))
+
+            # the same prepared model as every target's int8 (edgerep.quant.prepare), judged by its Core ML artifact
+            model, transforms = from_options(model.eval(), request.calibration, opts, measure=measure)
+            mlmodel, floats, info = w8a8(model, transforms["keep_fp"], request.calibration)
             quant.update(info, transforms=transforms)
-        if precision in ("w8", "int8"):
-            mlmodel, info = _quantize_weights(mlmodel, _names(floats))
+        else:
+            mlmodel = convert(model)
+        if precision == "w8":
+            mlmodel, info = _quantize_weights(mlmodel)
             quant.update(info)
         elif nbits is not None:
             mlmodel, info = _palettize(mlmodel, nbits)
@@ -140,20 +149,37 @@ class CoreMLBackend:
 
     def run(self, path: Path, inputs: np.ndarray) -> np.ndarray:
         """Outputs for NCHW float32 ``inputs``, fed in batches of the artifact's fixed batch size."""
-        inputs = np.ascontiguousarray(inputs, dtype=np.float32)
         if sys.platform == "darwin":
             mlmodel = ct.models.MLModel(str(path))
-            predict = lambda x: mlmodel.predict({INPUT_NAME: x})[OUTPUT_NAME]  # noqa: E731
             batch = int(mlmodel.get_spec().description.input[0].type.multiArrayType.shape[0])
-        else:
-            evaluator = _evaluator(Path(path))
-            predict = lambda x: evaluator({INPUT_NAME: x})[OUTPUT_NAME]  # noqa: E731
-            batch = int(evaluator.function.inputs[INPUT_NAME].shape[0])
-        if len(inputs) % batch:
-            raise BadInputError(f"{path} takes batches of {batch}; got {len(inputs)} inputs")
-        with torch.inference_mode(), _single_thread():
-            outs = [np.asarray(predict(inputs[i : i + batch]), dtype=np.float32) for i in range(0, len(inputs), batch)]
-        return np.concatenate(outs)
+            return _batched(mlmodel.predict, batch, inputs, str(path))
+        evaluator = _evaluator(Path(path))
+        return _batched(evaluator, int(evaluator.function.inputs[INPUT_NAME].shape[0]), inputs, str(path))
+
+
+def _batched(predict, batch: int, inputs: np.ndarray, where: str) -> np.ndarray:
+    """``predict({input: x})[output]`` over NCHW float32 ``inputs`` fed in the program's fixed ``batch``."""
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    if len(inputs) % batch:
+        raise BadInputError(f"{where} takes batches of {batch}; got {len(inputs)} inputs")
+    with torch.inference_mode(), _single_thread():
+        outs = [np.asarray(predict({INPUT_NAME: inputs[i : i + batch]})[OUTPUT_NAME], dtype=np.float32)
+                for i in range(0, len(inputs), batch)]
+    return np.concatenate(outs)
+
+
+def _converted(model: nn.Module, shape: tuple[int, ...], source: str, target: str, compute: str):
+    """``_convert``, with a failure turned into one line naming the layer and op coremltools could not convert."""
+    try:
+        return _convert(model, shape, source, target, compute)
+    except EdgerepError:
+        raise
+    except Exception as exc:
+        other = "export" if source == "trace" else "trace"
+        raise conversion_error(
+            "coreml", f"coremltools {ct.__version__} (source={source}, {target})", exc, _OP_PATTERNS, model,
+            torch.zeros(shape), f"replace or remove the layer, try --option source={other}, or export to another target",
+        ) from exc
 
 
 def _convert(model: nn.Module, shape: tuple[int, ...], source: str, target: str, compute: str):

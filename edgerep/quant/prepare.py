@@ -7,8 +7,10 @@ backend quantizes it, driven by the target's options (targets/*.toml), the same 
 Each optional step (cross-layer equalization, bias correction, AdaRound, ``budget`` layers kept float chosen by
 measured sensitivity, or ``budget="auto"``: cheap layers added one at a time while each helps) is judged on a
 held-out part of the calibration images (every ``HOLD_OUT``-th one, never used to fit anything) in simulated int8
-(``simulate.score``): a step that makes held-out agreement with the float model worse is dropped and the simpler
-result kept, and ``record`` (the manifest's ``quantization.transforms``) says so, with the scores it was decided on.
+(``simulate.score``), or by the target's own int8 artifact when the backend passes ``measure`` (simulation does not
+model every target's int8: Core ML's W8A8 quantizes more tensors and computes in fp16): a step that makes held-out
+agreement with the float model worse is dropped and the simpler result kept, and ``record`` (the manifest's
+``quantization.transforms``) says so, with the scores it was decided on.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .bias_correction import correct_bias
 from .equalize import equalize as equalize_model
 from .equalize import fold_batchnorms
 from .fakequant import RANGES
+from ..proof.numerics import closeness
 from .graph import NotTraceable, layer_macs, layer_order, resolve_layers
 from .sensitivity import layer_sensitivity
 from .simulate import Score, input_ranges, logits, score
@@ -38,6 +41,10 @@ AUTO_MAX_LAYERS = 3
 AUTO_MAC_SHARE = 0.05
 AUTO_RANKING_IMAGES = 32  # only orders the candidates (ties broken by KL); the held-out images decide
 
+Measure = Callable[[nn.Module, list[str], Tensor, Tensor], Tensor]
+"""``measure(model, keep_float, fit_images, held_out_images)``: the outputs on ``held_out_images`` of the target's
+int8 artifact of ``model``, calibrated on ``fit_images``, with layers ``keep_float`` left in float."""
+
 
 def prepare(
     model: nn.Module,
@@ -51,13 +58,15 @@ def prepare(
     keep_fp: str | list[str] | None = None,
     weight_bits: int = 8,
     method: str = "minmax",
+    measure: Measure | None = None,
 ) -> tuple[nn.Module, dict]:
     """``model`` (a new copy when anything changes) ready for int8, and a record of what was done and why.
 
     ``keep_fp`` layers (module names, or "first" / "last") are resolved here so a misspelt name fails before any
     export; ``budget`` more layers are chosen by sensitivity (``"auto"``: see ``_auto_budget``); the backend keeps
     both in float (``record["keep_fp"]``).
-    ``weight_bits`` is what the backend rounds weights to (7 for ONNX ``reduce_range``).
+    ``weight_bits`` is what the backend rounds weights to (7 for ONNX ``reduce_range``). ``measure``: judge each step
+    by the target's real int8 artifact instead of simulated int8 (layer sensitivity is still simulated).
     """
     model = model.eval()
     images = images.float()
@@ -69,10 +78,10 @@ def prepare(
             f"{f' ({len(keep)} already in keep_fp)' if keep else ''}; use 0..{n_layers - len(keep)} or auto"
         )
     record: dict = {"keep_fp": keep}
-    judge = _Judge(model, images, weight_bits, method, keep)
+    judge = _Judge(model, images, weight_bits, method, keep, measure)
     if judge.active:
         record["held_out_images"] = len(judge.held)
-        record["simulated_int8"] = {"start": judge.best.to_dict()}
+        record["judged_by"] = "the target's int8 artifact" if measure else f"simulated int8 ({method} ranges)"
     fit = judge.fit
 
     def step(name: str, build: Callable[[nn.Module], tuple[nn.Module, object]], key: str) -> None:
@@ -124,7 +133,8 @@ def check_calibration(images: Tensor | None, input_shape: tuple[int, ...], targe
     return images.float()
 
 
-def from_options(model: nn.Module, images: Tensor, options: dict, weight_bits: int = 8) -> tuple[nn.Module, dict]:
+def from_options(model: nn.Module, images: Tensor, options: dict, weight_bits: int = 8,
+                 measure: Measure | None = None) -> tuple[nn.Module, dict]:
     """``prepare`` driven by a target's resolved options; a target without an option gets that step off."""
     method = str(options.get("calibrate_method", "minmax"))
     return prepare(
@@ -132,6 +142,7 @@ def from_options(model: nn.Module, images: Tensor, options: dict, weight_bits: i
         bias_correction=bool(options.get("bias_correction", False)), adaround=bool(options.get("adaround", False)),
         adaround_iterations=int(options.get("adaround_iterations", 200)), budget=_budget(options.get("int8_budget", 0)),
         keep_fp=options.get("keep_fp"), weight_bits=weight_bits, method=method if method in RANGES else "minmax",
+        measure=measure,
     )
 
 
@@ -157,7 +168,7 @@ def _auto_budget(model: nn.Module, fit: Tensor, keep: list[str], judge: _Judge, 
         record["budget_auto"] = f"not applied: fewer than {MIN_HELD_OUT * HOLD_OUT} calibration images to decide on"
         return keep
     if judge.best.agreement == 1.0:
-        record["budget_auto"] = "not needed: every held-out image already agrees in simulated int8"
+        record["budget_auto"] = "not needed: every held-out image already agrees in int8"
         record["budget_layers"] = []
         return keep
     macs = layer_macs(model, fit[:1])
@@ -184,19 +195,32 @@ def _auto_budget(model: nn.Module, fit: Tensor, keep: list[str], judge: _Judge, 
 class _Judge:
     """Scores candidates on the held-out images against the original float model; keeps the best so far."""
 
-    def __init__(self, model: nn.Module, images: Tensor, bits: int, method: str, keep: list[str]) -> None:
+    def __init__(self, model: nn.Module, images: Tensor, bits: int, method: str, keep: list[str],
+                 measure: Measure | None = None) -> None:
         held = torch.arange(len(images)) % HOLD_OUT == HOLD_OUT - 1
         self.active = int(held.sum()) >= MIN_HELD_OUT
         self.fit, self.held = (images[~held], images[held]) if self.active else (images, images[:0])
-        self.bits, self.method = bits, method
+        self.bits, self.method, self.measure = bits, method, measure
         self._ranged: tuple[nn.Module, dict] | None = None  # the last scored model and its activation ranges
+        self._start = (model, keep)
+        self._best: Score | None = None
         if self.active:
             with torch.no_grad():
                 self.reference = logits(model, self.held)
-            self.best = self._score(model, keep)
+
+    @property
+    def best(self) -> Score:
+        """The best score so far; the starting model is scored only when a step needs comparing (``measure`` builds
+        a whole artifact per score)."""
+        if self._best is None:
+            self._best = self._score(*self._start)
+        return self._best
 
     def _score(self, model: nn.Module, keep: list[str]) -> Score:
         """Ranges are measured once per model: budget candidates differ only in the layers they keep float."""
+        if self.measure is not None:
+            near = closeness(self.reference, self.measure(model, keep, self.fit, self.held))
+            return Score(near.top1, near.cosine)
         if self._ranged is None or self._ranged[0] is not model:
             names = layer_order(model, self.held[:1].float())
             self._ranged = (model, input_ranges(model.eval(), names, self.fit, self.method))
@@ -207,8 +231,9 @@ class _Judge:
         """Keep ``candidate`` unless it scores worse on the held-out images (``need_gain``: unless more agree)."""
         if not self.active:
             return True
+        scores = record.setdefault("held_out_int8", {"start": self.best.to_dict()})
         new = self._score(candidate, keep)
-        record["simulated_int8"][name] = new.to_dict()
+        scores[name] = new.to_dict()
         if need_gain and new.agreement <= self.best.agreement:
             record.setdefault("dropped", []).append(
                 f"{name}: held-out agreement {new.agreement:.4f} is no better than {self.best.agreement:.4f}"
@@ -221,5 +246,5 @@ class _Judge:
                 f" {self.best.agreement:.4f} / {self.best.cosine:.5f} without it (simpler result kept)"
             )
             return False
-        self.best = new
+        self._best = new
         return True

@@ -278,6 +278,21 @@ def test_int8_w8a8(tmp_path):
     assert "quantize x" in ops and "dequantize x" in ops and "constexpr_affine_dequantize" in ops
 
 
+def test_int8_steps_are_judged_by_the_w8a8_program(tmp_path):
+    """equalize / bias_correction are kept or dropped by what the Core ML program itself does on held-out images."""
+    torch.manual_seed(0)
+    calib = torch.randn(64, 3, 16, 16)
+    options = {"equalize": True, "bias_correction": True, "calibrate_method": "percentile"}
+    request = ExportRequest((1, 3, 16, 16), "int8", calibration=calib, options=options)
+    info = BACKEND.export(_small_net(), request, tmp_path / "m.mlpackage")
+    t = info.quantization["transforms"]
+    assert t["judged_by"] == "the target's int8 artifact" and t["held_out_images"] == 16
+    assert set(t["held_out_int8"]) == {"start", "equalize", "bias_correction"}
+    kept = ("equalized_pairs" in t) + ("bias_corrected_layers" in t)
+    assert kept + len(t.get("dropped", [])) == 2  # each step was either kept or dropped, and said so
+    assert info.quantization["calibration"].startswith("99.999 percentile of |x|")
+
+
 def test_int8_shipped_model(shipped, tmp_path):
     model, images = shipped
     request = ExportRequest((1, *images.shape[1:]), "int8", calibration=images)

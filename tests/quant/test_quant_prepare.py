@@ -50,7 +50,7 @@ def test_budget_keeps_the_layer_whose_float_gains_most_and_records_it() -> None:
     x = torch.randn(128, 3, 8, 8)
     model, record = prepare(net, x, budget=1)
     assert record["budget_layers"] == ["4"] and record["keep_fp"] == ["4"]
-    sim = record["simulated_int8"]
+    sim = record["held_out_int8"]
     assert sim["int8_budget=1"]["agreement"] > sim["start"]["agreement"] + 0.1  # measured on the held-out quarter
     assert record["held_out_images"] == 32
 
@@ -72,7 +72,7 @@ def test_auto_budget_keeps_a_cheap_layer_that_helps_and_stops_at_one_that_does_n
     _, record = prepare(_wide_net(ruined="4"), x, budget="auto")
     assert record["budget_layers"] == ["4"] and record["keep_fp"] == ["4"]
     assert record["budget_float_mac_share"] == 0.0125
-    sim = record["simulated_int8"]
+    sim = record["held_out_int8"]
     assert sim["int8_budget=auto +4"]["agreement"] > sim["start"]["agreement"] + 0.3
     # the next candidate ("7") made no more held-out images agree: not kept, and the record says why
     assert record["dropped"] == ["int8_budget=auto +7: held-out agreement 1.0000 is no better than 1.0000 without it"
@@ -83,7 +83,7 @@ def test_auto_budget_never_keeps_an_expensive_layer_float() -> None:
     net = _wide_net(ruined="2")  # 90% of the MACs: int8 ruins it, and auto must still not keep it float
     _, record = prepare(net, torch.randn(128, 3, 8, 8), budget="auto")
     assert "2" not in record["keep_fp"] and "0" not in record["keep_fp"]
-    assert record["simulated_int8"]["start"]["agreement"] < 0.9  # it really was ruined
+    assert record["held_out_int8"]["start"]["agreement"] < 0.9  # it really was ruined
 
 
 def test_auto_budget_skips_the_search_when_every_held_out_image_already_agrees() -> None:
@@ -107,7 +107,7 @@ def test_a_step_that_makes_held_out_agreement_worse_is_dropped_and_said_so() -> 
     broken = _net()
     with torch.no_grad():
         broken[7].weight.mul_(-1)  # a "transform" that changes the function: agreement collapses
-    record: dict = {"simulated_int8": {}}
+    record: dict = {"held_out_int8": {}}
     assert not judge.accept("broken", broken, [], record)
     assert "broken: held-out agreement" in record["dropped"][0] and "(simpler result kept)" in record["dropped"][0]
     assert judge.accept("same", _net(), [], record)  # not worse: kept
@@ -133,7 +133,7 @@ def test_adaround_puts_weights_on_the_backend_grid_and_reconstructs_no_worse_tha
     assert (ada - ref).pow(2).mean() <= (nearest - ref).pow(2).mean()
 
 
-def test_simulated_int8_quantizes_the_logits_of_a_quantized_last_layer() -> None:
+def test_held_out_int8_quantizes_the_logits_of_a_quantized_last_layer() -> None:
     net = _net()
     x = torch.randn(64, 3, 8, 8)
     full = score(net, x, x)
@@ -189,3 +189,25 @@ def test_int8_speed_is_measured_with_each_runtime(tmp_path) -> None:
     wall = interleaved_times(run, rounds=3, per_round=20)["fp32"]
     cpu = interleaved_times(run, rounds=3, per_round=20, clock="thread-cpu")["fp32"]
     assert statistics.median(cpu) >= 0.5 * min(wall)
+
+
+def test_a_measuring_backend_judges_the_steps_and_is_not_called_when_nothing_is_judged() -> None:
+    """``measure`` (the target's own int8 artifact) decides instead of the simulation; no step asked: no artifact."""
+    net, x = _net(), torch.randn(64, 3, 8, 8)
+    calls: list[bool] = []
+
+    def measure(model: nn.Module, keep: list[str], fit: torch.Tensor, held: torch.Tensor) -> torch.Tensor:
+        equalized = model is not net
+        calls.append(equalized)
+        with torch.no_grad():  # a backend whose int8 ruins every equalized model, whatever simulation says
+            out = model(held)
+        return -out if equalized else out
+
+    _, record = prepare(net, x, measure=measure)
+    assert calls == [] and "held_out_int8" not in record
+    prepared, record = prepare(net, x, equalize=True, measure=measure)
+    assert calls == [False, True] and prepared is net
+    assert record["judged_by"] == "the target's int8 artifact" and record["held_out_int8"]["start"]["agreement"] == 1.0
+    assert record["dropped"][0].startswith("equalize: held-out agreement")
+    _, simulated = prepare(net, x, equalize=True)
+    assert simulated["judged_by"] == "simulated int8 (minmax ranges)"
