@@ -254,6 +254,8 @@ def _onnx_cost(path: Path) -> GraphCost:
             continue
         src = producer.get(acts_in[0]) if acts_in else None
         kind, kernel = _onnx_kind(node, src, consumers, producer, precision, shapes)
+        if op == "Pad" and _pad_into_conv(node, consumers, const - at_run_time):
+            kind, kernel = "fused", "fused"
         if kind in ("fused", "free"):
             known = shapes.get(out) is not None and all(shapes.get(x) is not None for x in acts_in)
             # a fused op keeps its size: a layout pass may find the runtime cannot fuse it after all (ort_layout)
@@ -390,6 +392,20 @@ def _residual_into_conv(node, producer: dict, consumers: dict, shapes: dict) -> 
             if _attr(p, "group", 1) == 1 or (len(weight) > 1 and weight[1] == 1):  # dense, or one channel per group
                 return True
     return False
+
+
+def _pad_into_conv(node, consumers: dict, const: set[str]) -> bool:
+    """A zero pad with constant pads whose only reader is a Conv: onnxruntime (its PadFusion) folds it into the
+    conv's own padding. Pads computed at run time (a TF-"same" export with a dynamic batch) cannot be folded, nor
+    (onnxruntime 1.32) a pad with an empty value input, as torch exports ``F.pad``: that Pad is a full copy of
+    the tensor on every run."""
+    users = consumers.get(node.output[0], [])
+    mode = _attr(node, "mode", b"constant")
+    pads = node.input[1] if len(node.input) > 1 else ""
+    # onnxruntime 1.32 folds no pad whose optional value input is present but empty (as torch exports F.pad)
+    value_ok = len(node.input) < 3 or node.input[2] in const
+    return (len(users) == 1 and users[0].op_type == "Conv" and mode in (b"constant", "constant")
+            and pads in const and value_ok)
 
 
 def _is_const_like(node, producer: dict) -> bool:

@@ -51,13 +51,15 @@ from the per-run cost of the session."""
 
 
 CONTEXT = {"gconv3x3s1": 1.0, "gconv3x3s2": 1.0, "mul_broadcast": 1.0, "block:se": 1.0, "pool:window": 1.0,
-           "pool:global": 0.0, "pool:reduce": 0.0, "copy:concat": 2.0, "copy:pad": 1.0, "copy:transpose": 0.0,
+           "pool:global": 0.0, "pool:reduce": 0.0, "copy:concat": 2.0, "copy:pad": 0.0, "copy:transpose": 0.0,
            "copy:split": 0.5, "copy:slice": 0.5, "copy:resize": 1.0}
 """Kernels timed between depthwise 3x3 convs, as they sit in a network (value: output channels per input channel
 for the trailing conv, 0 when the output is no NCHW image). A runtime with its own conv layout (onnxruntime's
 blocked NCHWc in fp32) converts the tensor before and after every op outside that layout, and an int8 graph
 requantizes there: that cost belongs to the kernel, and a kernel fed straight from the model input never pays it.
-The depthwise convs are cheap next to copies, so the kernel's own time still dominates the model."""
+The depthwise convs are cheap next to copies, so the kernel's own time still dominates the model. A pad ends its
+model: before a conv, runtimes fold a constant pad into the conv (graph_cost says so), and the pads that stay
+(computed at run time) are what this kernel times."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ is closest, then with the most samples, and the prediction says so.
 
 A table fitted on onnxruntime with its fp32 blocked layout (``nchwc_block`` > 0, ``ort_layout``) sees every fp32
 ONNX graph - suite model or user's - as onnxruntime runs it: convs outside the layout are kernels of their own
-(``..._nchw``), the layout conversions are layers (``reorder:in`` / ``reorder:out``) and padded channels are
+(``..._nchw``), the layout conversions are layers (kernel ``reorder``) and padded channels are
 work.
 """
 

@@ -19,7 +19,7 @@ On a CPU where MLAS has NCHWc kernels (block ``B`` = 16 channels with AVX-512, 8
   layout (24, 40, 72, 120 channels on AVX-512; squeeze-excite multiplies; pads) pays them between most layers.
 
 ``nchwc_layout`` returns the cost as onnxruntime runs it: conv kernels renamed, the padded work in
-``LayerCost.work``, fusions onnxruntime cannot make un-fused, and one ``reorder:in`` / ``reorder:out`` layer
+``LayerCost.work``, fusions onnxruntime cannot make un-fused, and one ``reorder`` layer
 (kind ``data``) per conversion. MACs are unchanged (``GraphCost.macs`` stays the model's own count).
 ``probe_block`` asks the local onnxruntime which block it uses (0: no blocked layout, e.g. on ARM).
 """
@@ -265,10 +265,12 @@ def _add(layer: LayerCost, ins, st: _State, read_nchw) -> LayerCost:
 
 
 def _reorder(direction: str, x: str, shapes: dict) -> LayerCost:
+    """A ``ReorderInput`` / ``ReorderOutput`` of tensor ``x``: one kernel, ``reorder`` (both copy every element
+    once between the layouts, at the same cost per element on onnxruntime's profile)."""
     n = math.prod(shapes.get(x) or (0,))
-    return LayerCost(f"Reorder{direction.capitalize()}put:{x}", f"Reorder{direction.capitalize()}put", "data",
-                     elements=n, act_bytes=8 * n, out_shape=tuple(shapes.get(x) or ()), kernel=f"reorder:{direction}",
-                     inputs=(x,), outputs=(x,))
+    op = f"Reorder{direction.capitalize()}put"
+    return LayerCost(f"{op}:{x}", op, "data", elements=n, act_bytes=8 * n, out_shape=tuple(shapes.get(x) or ()),
+                     kernel="reorder", inputs=(x,), outputs=(x,))
 
 
 def probe_block() -> int:
