@@ -51,15 +51,13 @@ from the per-run cost of the session."""
 
 
 CONTEXT = {"gconv3x3s1": 1.0, "gconv3x3s2": 1.0, "mul_broadcast": 1.0, "block:se": 1.0, "pool:window": 1.0,
-           "pool:global": 0.0, "pool:reduce": 0.0, "copy:concat": 2.0, "copy:pad": 0.0, "copy:transpose": 0.0,
+           "pool:global": 0.0, "pool:reduce": 0.0, "copy:concat": 2.0, "copy:pad": 1.0, "copy:transpose": 0.0,
            "copy:split": 0.5, "copy:slice": 0.5, "copy:resize": 1.0}
 """Kernels timed between depthwise 3x3 convs, as they sit in a network (value: output channels per input channel
 for the trailing conv, 0 when the output is no NCHW image). A runtime with its own conv layout (onnxruntime's
 blocked NCHWc in fp32) converts the tensor before and after every op outside that layout, and an int8 graph
 requantizes there: that cost belongs to the kernel, and a kernel fed straight from the model input never pays it.
-The depthwise convs are cheap next to copies, so the kernel's own time still dominates the model. A pad ends its
-model: before a conv, runtimes fold a constant pad into the conv (graph_cost says so), and the pads that stay
-(computed at run time) are what this kernel times."""
+The depthwise convs are cheap next to copies, so the kernel's own time still dominates the model."""
 
 
 @dataclass(frozen=True)
@@ -255,7 +253,9 @@ def _copy(kind: str, x: str, c: int, nodes: list, inits: list, helper, numpy_hel
         nodes.append(helper.make_node("Relu", ["x"], ["x_relu"], name="relu"))
         nodes.append(helper.make_node("Concat", [x, "x_relu"], ["y0"], axis=1, name="concat"))
     elif kind == "pad":
-        nodes.append(helper.make_node("Pad", [x, const("pads", [0, 0, 1, 1, 0, 0, 1, 1])], ["y0"], name="pad"))
+        # with an empty value input, as torch exports F.pad: onnxruntime does not fold it into the conv after it
+        # (graph_cost knows), so the pad is timed as the copy it is in such networks
+        nodes.append(helper.make_node("Pad", [x, const("pads", [0, 0, 1, 1, 0, 0, 1, 1]), ""], ["y0"], name="pad"))
     elif kind == "transpose":
         nodes.append(helper.make_node("Transpose", [x], ["y0"], perm=[0, 2, 3, 1], name="transpose"))
     elif kind == "split":
