@@ -1,10 +1,10 @@
 """Per-kernel latency regressors fitted on a device's own measurements, and predictions from them.
 
 Model: a graph's latency is a per-run cost (a constant plus a cost per element of the graph's inputs and outputs,
-which are copied - and in onnxruntime's blocked layout reordered - once per run) plus, for each costed layer
-(``graph_cost``: fusions already applied, so a fused ReLU or BatchNorm costs nothing),
-``a_k + b_k * work + c_k * bytes + d_k * positions``, where ``k`` is the layer's kernel (``depthwise5x5s2``,
-``act:hardswish``, ``copy:concat``, ``requant``...), ``work`` its MACs (elements for non-MAC ops), ``bytes`` its
+which are copied once per run) plus, for each costed layer (``graph_cost``: fusions already applied, so a fused
+ReLU or BatchNorm costs nothing), ``a_k + b_k * work + c_k * bytes + d_k * positions``, where ``k`` is the
+layer's kernel (``depthwise5x5s2``, ``act:hardswish``, ``copy:concat``, ``reorder``, ``requant``...), ``work`` its
+MACs (elements for non-MAC ops; what the runtime computes when it pads channels, ``LayerCost.work``), ``bytes`` its
 activation + weight traffic and ``positions`` (convolutions only) its output pixels times groups. The suite models
 hold one to a few layers each, so all coefficients are fitted together, by non-negative least squares on relative
 error, per (precision, threads). A kernel the suite never timed is predicted with the kernel of its kind whose name
