@@ -2,25 +2,29 @@
 where the runtime copies tensors between layouts.
 
 On a CPU where MLAS has NCHWc kernels (block ``B`` = 16 channels with AVX-512, 8 with AVX2), onnxruntime's
-``NchwcTransformer`` (graph optimization level 3, the default) rewrites an fp32 graph:
+``NchwcTransformer`` (graph optimization level 3, the default) rewrites an fp32 graph. The rules below are the ones
+onnxruntime 1.32 applies, read off its own optimized graphs (tests/profile/test_ort_layout.py checks the
+emulation against them):
 
-- a Conv runs blocked when its channels fit the block: dense with ``cin < B`` (it reads the NCHW input
-  directly, e.g. an RGB stem) or ``cin % B == 0``; depthwise and grouped with ``cout % B == 0`` (grouped: also
-  ``cin`` and the channels per group multiples of ``B``). A dense conv's output channels are padded up to a
-  multiple of ``B`` (the padding is computed too). Every other conv runs MLAS's plain NCHW code (im2col + GEMM,
-  or a per-group loop for a depthwise conv), which costs differently per MAC: its kernel is named ``..._nchw``.
-- MaxPool / AveragePool (channels a multiple of ``B``) run blocked; Relu / Sigmoid / Tanh, Add / Sum / Mul of
-  blocked tensors of one shape, a channel Concat of block-aligned tensors, global pools and BatchNormalization
-  stay blocked when their input is; an Add whose other input is a blocked conv (without an activation) folds
-  into that conv, and a Relu / Sigmoid / Tanh after that into it too.
+- a dense conv runs blocked, reading its NCHW input directly when ``cin < B`` (an RGB stem, a squeeze-excite
+  expand) and a blocked input when ``cin`` is a multiple of 4; a depthwise conv runs blocked when its channels
+  are a multiple of 4. Channel counts are padded up to whole blocks and the padding is computed too (24 channels
+  cost 32 on AVX-512): ``LayerCost.work``. A grouped conv runs blocked only with whole blocks per group; it and
+  the convs with other channel counts run MLAS's plain NCHW code, named ``..._nchw``.
+- MaxPool / AveragePool (channels a multiple of ``B``) run blocked; Relu / Sigmoid / Tanh / x*sigmoid(x), Add /
+  Sum / Mul of blocked tensors onnxruntime can show have one shape, a channel Concat of block-aligned tensors,
+  global pools and BatchNormalization stay blocked when their input is; an Add whose other input is a blocked
+  conv (without an activation, read by nothing else) folds into that conv, and a Relu / Sigmoid / Tanh after
+  that into it too. After a pad computed at run time onnxruntime cannot show shapes equal: such adds run as
+  ops of their own (still blocked).
 - ``ReorderInput`` converts a NCHW tensor the first time a blocked op reads it; ``ReorderOutput`` converts a
   blocked tensor back once when anything else reads it (any other op, a reshape, a ``Shape`` of a TF-"same"
-  export, a graph output). Each is a full copy of the tensor: a model whose channel counts keep leaving the
-  layout (24, 40, 72, 120 channels on AVX-512; squeeze-excite multiplies; pads) pays them between most layers.
+  export, a graph output). Each is a full copy of the tensor: squeeze-excite multiplies, pads, concats and
+  slices of ghost modules pay them around every use.
 
 ``nchwc_layout`` returns the cost as onnxruntime runs it: conv kernels renamed, the padded work in
-``LayerCost.work``, fusions onnxruntime cannot make un-fused, and one ``reorder`` layer
-(kind ``data``) per conversion. MACs are unchanged (``GraphCost.macs`` stays the model's own count).
+``LayerCost.work``, fusions onnxruntime cannot make un-fused, and one ``reorder`` layer (kind ``data``) per
+conversion. MACs are unchanged (``GraphCost.macs`` stays the model's own count).
 ``probe_block`` asks the local onnxruntime which block it uses (0: no blocked layout, e.g. on ARM).
 """
 
