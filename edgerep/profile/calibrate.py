@@ -110,13 +110,14 @@ def calibrate(device: str, out: str | Path, *, runtime: str = "onnxruntime", thr
             f.unlink()
         suite_dir.rmdir()
     tables = []
+    block = cache["machine"].get("nchwc_block", 0)
     for precision in PRECISIONS:
         samples = []
         for s in specs:
             ms = cache["ms"].get(_key(s, precision))
             if ms is not None:
                 samples.append((_suite_cost(s, precision), ms))
-        tables.append(fit_table(samples, precision, threads))
+        tables.append(fit_table(samples, precision, threads, block))
     _write_atomic(out, _device_toml(out.stem, device, runtime, cache["machine"], tables))
     os.replace(cache_path, out.with_name(out.name + ".timings.json"))  # kept: refits and diagnosis need them
     return out
@@ -162,9 +163,11 @@ def _machine(device: str, sample: Path, threads: int, ssh) -> dict:
     if device == "host":
         import onnxruntime
 
+        from .ort_layout import probe_block
+
         cpu = describe_cpu()
         return {"cpu": cpu["model"], "flags": " ".join(cpu["vector_flags"]), "cores": len(cpu["usable_cpus"] or []),
-                "mhz": cpu["mhz"] or 0.0, "runtime_version": onnxruntime.__version__}
+                "mhz": cpu["mhz"] or 0.0, "runtime_version": onnxruntime.__version__, "nchwc_block": probe_block()}
     from ..devices import run_on_device
 
     r = run_on_device(sample, device, threads=threads, warmup=1, runs=2, profile=False, ssh=ssh)
@@ -231,6 +234,7 @@ def _device_toml(name: str, device: str, runtime: str, machine: dict, tables: li
     for t in tables:
         lines += ["", "[[fits]]", f"precision = {_toml_value(t.precision)}", f"threads = {t.threads}",
                   f"call_us = {t.call_us:.6g}", f"io_us_per_melem = {t.io_us_per_melem:.6g}", f"models = {t.models}",
+                  f"nchwc_block = {t.nchwc_block}",
                   f"median_abs_error = {t.median_abs_error}"]
     for t in tables:
         for row in table_to_rows(t):

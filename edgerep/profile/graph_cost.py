@@ -58,6 +58,15 @@ class LayerCost:
     """Convolutions: output pixels (times groups for a grouped conv). Runtimes pay per output pixel (im2col /
     indirection, packing, int8 requantization) and per group (one small GEMM each) on top of the MACs: a 4-channel
     depthwise, a 12-channel int8 pointwise or a narrow-group conv costs far more per MAC than a wide one."""
+    groups: int = 0
+    """Convolutions: the ``group`` attribute (a runtime's choice of conv code depends on it, ``ort_layout``)."""
+    work: int = 0
+    """What the runtime really computes when it differs from ``macs`` / ``elements`` (channels padded to a layout's
+    block, ``ort_layout``); 0 = the same. ``macs`` stays the model's own count."""
+    inputs: tuple[str, ...] = ()
+    """ONNX: the activation tensors the op reads (weights and constants left out; shape tensors computed at run
+    time last), for passes that follow the data flow (``ort_layout``)."""
+    outputs: tuple[str, ...] = ()
 
     @property
     def bytes(self) -> int:
@@ -81,6 +90,9 @@ class GraphCost:
     io_elements: int = 0
     """Elements of the graph's inputs and outputs: copied in and out once per run, a per-model cost no layer
     accounts for."""
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict, repr=False)
+    """ONNX: the shape of every activation tensor a layer reads or writes (``LayerCost.inputs`` / ``outputs``)."""
+    graph_outputs: tuple[str, ...] = ()
 
     @property
     def partial(self) -> bool:
@@ -230,18 +242,26 @@ def _onnx_cost(path: Path) -> GraphCost:
         op = node.op_type
         name = node.name or f"{op}_{i}"
         out = node.output[0] if node.output else ""
-        if out in at_run_time:
-            layers.append(LayerCost(name, op, "shape", kernel="shape"))
-            continue
-        if out in const or op in _ONNX_FREE:
-            layers.append(LayerCost(name, op, "free", kernel="free"))
-            continue
         acts_in = [x for x in node.input if x and x not in const]
         w_in = [x for x in node.input if x and x in const]
+        flow = {"inputs": tuple(acts_in + [x for x in node.input if x in at_run_time]),
+                "outputs": tuple(o for o in node.output if o)}
+        if out in at_run_time:
+            layers.append(LayerCost(name, op, "shape", kernel="shape", **flow))
+            continue
+        if out in const or op in _ONNX_FREE:
+            layers.append(LayerCost(name, op, "free", kernel="free", **flow))
+            continue
         src = producer.get(acts_in[0]) if acts_in else None
         kind, kernel = _onnx_kind(node, src, consumers, producer, precision, shapes)
+        if op == "Pad" and _pad_into_conv(node, consumers, const - at_run_time):
+            kind, kernel = "fused", "fused"
         if kind in ("fused", "free"):
-            layers.append(LayerCost(name, op, kind, kernel=kind))
+            known = shapes.get(out) is not None and all(shapes.get(x) is not None for x in acts_in)
+            # a fused op keeps its size: a layout pass may find the runtime cannot fuse it after all (ort_layout)
+            layers.append(LayerCost(name, op, kind, elements=numel(out) if known else 0,
+                                    act_bytes=sum(nbytes(x) for x in acts_in + [out]) if known else 0,
+                                    out_shape=shapes.get(out) or (), kernel=kind, **flow))
             continue
         out_shape = shapes.get(out)
         missing = [x for x in acts_in + [out] if shapes.get(x) is None]
@@ -250,7 +270,7 @@ def _onnx_cost(path: Path) -> GraphCost:
                                 "even after folding the shape sub-graphs; export with static shapes")
         act_bytes = sum(nbytes(x) for x in acts_in) + sum(nbytes(o) for o in node.output if o)
         w_bytes = sum(nbytes(x) for x in w_in)
-        macs, elements, positions = 0, math.prod(out_shape), 0
+        macs, elements, positions, groups = 0, math.prod(out_shape), 0, 0
         if kind in COMPUTE_KINDS and op in _ONNX_CONV:
             w = node.input[3] if op == "QLinearConv" else node.input[1]
             wshape = shapes.get(w) or ()
@@ -273,10 +293,13 @@ def _onnx_cost(path: Path) -> GraphCost:
         elif kind == "unknown":
             uncosted.append(f"{name} ({op})")
         layers.append(LayerCost(name, op, kind, int(macs), int(elements), int(w_bytes), int(act_bytes), out_shape,
-                                kernel, int(positions)))
+                                kernel, int(positions), int(groups), **flow))
     in_shape = shapes.get(first_input.name) or () if first_input is not None else ()
     io = sum(numel(v.name) for v in list(graph.input) + list(graph.output) if v.name not in weights)
-    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted, io_elements=io)
+    flowing = {x for layer in layers for x in layer.inputs + layer.outputs}
+    return GraphCost(str(path), "onnx", precision, in_shape, layers, uncosted, io_elements=io,
+                     shapes={x: tuple(shapes[x]) for x in flowing if shapes.get(x) is not None},
+                     graph_outputs=tuple(v.name for v in graph.output))
 
 
 def _run_time_shape_ops(model, folded: set[str], weights: set[str]) -> set[str]:
@@ -369,6 +392,20 @@ def _residual_into_conv(node, producer: dict, consumers: dict, shapes: dict) -> 
             if _attr(p, "group", 1) == 1 or (len(weight) > 1 and weight[1] == 1):  # dense, or one channel per group
                 return True
     return False
+
+
+def _pad_into_conv(node, consumers: dict, const: set[str]) -> bool:
+    """A zero pad with constant pads whose only reader is a Conv: onnxruntime (its PadFusion) folds it into the
+    conv's own padding. Pads computed at run time (a TF-"same" export with a dynamic batch) cannot be folded, nor
+    (onnxruntime 1.32) a pad with an empty value input, as torch exports ``F.pad``: that Pad is a full copy of
+    the tensor on every run."""
+    users = consumers.get(node.output[0], [])
+    mode = _attr(node, "mode", b"constant")
+    pads = node.input[1] if len(node.input) > 1 else ""
+    # onnxruntime 1.32 folds no pad whose optional value input is present but empty (as torch exports F.pad)
+    value_ok = len(node.input) < 3 or node.input[2] in const
+    return (len(users) == 1 and users[0].op_type == "Conv" and mode in (b"constant", "constant")
+            and pads in const and value_ok)
 
 
 def _is_const_like(node, producer: dict) -> bool:

@@ -1,14 +1,19 @@
 """Per-kernel latency regressors fitted on a device's own measurements, and predictions from them.
 
 Model: a graph's latency is a per-run cost (a constant plus a cost per element of the graph's inputs and outputs,
-which are copied - and in onnxruntime's blocked layout reordered - once per run) plus, for each costed layer
-(``graph_cost``: fusions already applied, so a fused ReLU or BatchNorm costs nothing),
-``a_k + b_k * work + c_k * bytes + d_k * positions``, where ``k`` is the layer's kernel (``depthwise5x5s2``,
-``act:hardswish``, ``copy:concat``, ``requant``...), ``work`` its MACs (elements for non-MAC ops), ``bytes`` its
+which are copied once per run) plus, for each costed layer (``graph_cost``: fusions already applied, so a fused
+ReLU or BatchNorm costs nothing), ``a_k + b_k * work + c_k * bytes + d_k * positions``, where ``k`` is the
+layer's kernel (``depthwise5x5s2``, ``act:hardswish``, ``copy:concat``, ``reorder``, ``requant``...), ``work`` its
+MACs (elements for non-MAC ops; what the runtime computes when it pads channels, ``LayerCost.work``), ``bytes`` its
 activation + weight traffic and ``positions`` (convolutions only) its output pixels times groups. The suite models
 hold one to a few layers each, so all coefficients are fitted together, by non-negative least squares on relative
 error, per (precision, threads). A kernel the suite never timed is predicted with the kernel of its kind whose name
 is closest, then with the most samples, and the prediction says so.
+
+A table fitted on onnxruntime with its fp32 blocked layout (``nchwc_block`` > 0, ``ort_layout``) sees every fp32
+ONNX graph - suite model or user's - as onnxruntime runs it: convs outside the layout are kernels of their own
+(``..._nchw``), the layout conversions are layers (kernel ``reorder``) and padded channels are
+work.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from .graph_cost import GraphCost, LayerCost
+from .ort_layout import nchwc_layout
 
 FEATURES = ("const_us", "us_per_mwork", "us_per_mb", "us_per_kpos")
 N = len(FEATURES)
@@ -51,6 +57,8 @@ class KernelTable:
     kernels: dict[str, KernelFit]
     models: int
     median_abs_error: float
+    nchwc_block: int = 0
+    """onnxruntime's fp32 NCHWc block on the device (0: none, or not onnxruntime)."""
 
     def fit_for(self, layer: LayerCost) -> tuple[KernelFit | None, bool]:
         """The layer's regressor and whether it is a fallback: a kernel of the same kind, the closest name first
@@ -78,7 +86,7 @@ HUBER = 3.0
 
 def _units(layer: LayerCost) -> tuple[float, float, float, float]:
     """The layer's amounts in the units of ``FEATURES``: one launch, M work, MB, thousand positions."""
-    return 1.0, (layer.macs or layer.elements) / 1e6, layer.bytes / 1e6, layer.positions / 1e3
+    return 1.0, (layer.work or layer.macs or layer.elements) / 1e6, layer.bytes / 1e6, layer.positions / 1e3
 
 
 GLOBAL = 2
@@ -94,12 +102,14 @@ def _rows(cost: GraphCost, keys: dict[str, int]) -> np.ndarray:
     return x
 
 
-def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: int) -> KernelTable:
+def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: int,
+              nchwc_block: int = 0) -> KernelTable:
     """Fit every kernel's (const, per-work, per-byte, per-position) microseconds on (suite model cost, measured ms)
     pairs: non-negative least squares on relative error, reweighted so that the few models far off the law
     (a tensor beyond the last-level cache, a shape the runtime treats specially) do not bend every kernel."""
     from .predict import _nnls
 
+    samples = [(nchwc_layout(cost, nchwc_block), ms) for cost, ms in samples]
     if len(samples) < 3:
         raise BadInputError(f"only {len(samples)} {precision} suite timings at {threads} thread(s): too few to "
                             "fit; give a larger --budget")
@@ -122,11 +132,13 @@ def fit_table(samples: list[tuple[GraphCost, float]], precision: str, threads: i
     err = float(np.median(rel))
     fits = {k: KernelFit(k, kinds[k], *(float(v) for v in w[GLOBAL + N * i:GLOBAL + N * (i + 1)]), counts[k])
             for k, i in keys.items()}
-    return KernelTable(precision, threads, float(w[0]), float(w[1]), fits, len(samples), round(err, 4))
+    return KernelTable(precision, threads, float(w[0]), float(w[1]), fits, len(samples), round(err, 4),
+                       nchwc_block)
 
 
 def predict_table(cost: GraphCost, table: KernelTable) -> TablePrediction:
     """Latency of ``cost`` from the table: per-call cost plus each costed layer's regressor."""
+    cost = nchwc_layout(cost, table.nchwc_block)
     per_layer, fallback, missing = [], set(), []
     for layer in cost.costed:
         fit, is_fallback = table.fit_for(layer)
@@ -168,4 +180,8 @@ def table_from_rows(fit: dict, rows: list[dict]) -> KernelTable:
     call, io = float(fit["call_us"]), float(fit["io_us_per_melem"])
     if any(v < 0 or not math.isfinite(v) for v in (call, io)):
         raise ValueError("call_us and io_us_per_melem must be finite and >= 0")
-    return KernelTable(precision, threads, call, io, kernels, int(fit["models"]), float(fit["median_abs_error"]))
+    block = int(fit.get("nchwc_block", 0))
+    if block < 0:
+        raise ValueError("nchwc_block must be >= 0")
+    return KernelTable(precision, threads, call, io, kernels, int(fit["models"]), float(fit["median_abs_error"]),
+                       block)
