@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "files of that runtime only")
     p.add_argument("--threads", type=int, default=1, help="threads (default 1)")
     p.add_argument("--budget", type=float, default=14.0, metavar="MINUTES",
-                   help="time budget for the timings (default 14); suite models are covered round-robin")
+                   help="time budget for building and timing (default 14); suite models are covered "
+                   "round-robin")
     p.add_argument("--per-kernel", type=int,
                    help="sampled shapes per kernel (default: onnxruntime 20: 1480 models, ~14 min on one x86 core; "
                    "litert 4: 248 models, 13 min the first time, mostly litert-torch building them, cached after)")
