@@ -191,3 +191,16 @@ def test_interrupted_litert_calibration_converts_nothing_twice(built, tmp_path, 
     assert converted == [first.id, first.id]  # the resumed run read every file from the suite cache
     device = cal.load_device_file(out)
     assert device.runtime == "litert" and device.table("int8", 1).models == len(SMALL)
+
+
+@pytest.mark.slow
+def test_every_litert_suite_kernel_builds_and_costs_as_its_kernel(cache):
+    """One shape of every kernel of the LiteRT suite, fp32 and int8: converted, costed in full (no unknown op),
+    and holding the kernel it is there to time."""
+    specs = sample_specs(1, kernels=SUITES["litert"])
+    for (spec, precision), path in kst.build_tflite([(s, p) for s in specs for p in ("fp32", "int8")]).items():
+        cost = graph_cost(path)
+        want = {"block:se": "pool:global", "block:mbconv": "depthwise3x3s1"}.get(spec.kernel, spec.kernel)
+        if spec.kernel.startswith("gconv"):
+            want = f"{spec.kernel}w{spec.width}"
+        assert not cost.partial and want in {lc.kernel for lc in cost.costed}, (spec.id, precision)
