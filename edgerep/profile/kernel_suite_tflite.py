@@ -6,7 +6,9 @@ fusions (conv + bias + ReLU into one CONV_2D, a stride-2 symmetric padding as an
 full-integer int8 through edgerep's PT2E path (``backends.tflite.pt2e_int8``: litert-torch's quantizer,
 symmetric per-channel int8 weights, int8 activations, int8 input and output). Ops that quantizer leaves in float
 stay float inside the int8 file between a DEQUANTIZE and a QUANTIZE, exactly as in a user's int8 file: that
-requantization is part of what LiteRT spends there.
+requantization is part of what LiteRT spends there. TFLite has one MUL whatever its operands' shapes (costed as
+``mul``), and in fp32 litert-torch folds ``mul_broadcast``'s constant per-channel scale into the conv before it:
+that kernel's files are samples of ``mul`` (int8) and of depthwise convs (fp32).
 
 Building dominates a LiteRT calibration: litert-torch takes about 2 s per fp32 model and 3.4 s per int8 model
 here (torch.export, its passes and PT2E run per module), against 0.2-0.5 s to time one. ``build_tflite`` converts
