@@ -4,20 +4,25 @@
     python bench/predict_accuracy.py --device-files bench/results/host_onnxruntime_1t_threadcpu.toml \
         --threads 1 --passes 6 --clock thread-cpu --out bench/results/predict_accuracy_threadcpu.json
     (2 threads: calibrate a second device file with --threads 2 and list both, comma-separated)
+    edgerep calibrate host -o bench/results/host_litert_1t.toml --runtime litert --threads 1
+    python bench/predict_accuracy.py --runtime litert --device-files bench/results/host_litert_1t.toml \
+        --threads 1 --passes 2 --clock thread-cpu --out bench/results/predict_accuracy_litert.json
 
-Models: the networks of ``edgerep.profile.style_nets`` (MobileNetV3 / EfficientNet-lite, some with TF-"same"
-pads computed at run time / RegNet / GhostNet / ResNet styles) and zoo deploy forms (RepVGG, MobileOne,
-RepGhostNet, MobileNetV2, ResNet), none of them in the kernel suite. Each is exported to ONNX (dynamic batch)
-and to QDQ int8 (onnxruntime's quant_pre_process + quantize_static, random calibration data: latency does not
-depend on the values). Measured: ``edgerep.profile.host.profile_artifact`` (the runner of `edgerep profile`),
-every thread count interleaved in one run, the whole model list timed in ``--passes`` passes in alternating
-order. ``measured_ms`` is the fastest run over all passes (``error`` is against it) and ``measured_median_ms``
-the median of the pass medians (``error_vs_median``): this machine is shared (load average 6-12 on 2 cores
-while this was written), a median there measures the other jobs as much as the model, and the calibration
-fits fastest times for the same reason (``host.time_many``). Predicted:
-``kernel_table.predict_table`` from the device file of that thread count. ``--clock thread-cpu`` (1 thread)
-measures instead, in this process, the CPU time of the thread onnxruntime computes in (fastest of 15 runs per
-pass): the time the model itself takes, which other jobs on the machine cannot inflate. Nothing here is asserted.
+Models: the networks of ``edgerep.profile.style_nets`` (MobileNetV3 / EfficientNet-lite, some with TF-"same" pads
+computed at run time / RegNet / GhostNet / ResNet styles) and zoo deploy forms (RepVGG, MobileOne, RepGhostNet,
+MobileNetV2, ResNet), none of them in the kernel suite. Each is exported to ONNX (dynamic batch) and to QDQ int8
+(onnxruntime's quant_pre_process + quantize_static, random calibration data: latency does not depend on the
+values). With ``--runtime litert`` each is exported by edgerep's own TFLite backend instead (the path of `edgerep
+export --target tflite`: litert-torch, NCHW input, fp32 and full-integer PT2E int8 with float logits, minmax ranges
+on 8 random images). Measured: ``edgerep.profile.host.profile_artifact`` (the runner of `edgerep profile`), every
+thread count interleaved in one run, the whole model list timed in ``--passes`` passes in alternating order.
+``measured_ms`` is the fastest run over all passes (``error`` is against it) and ``measured_median_ms`` the median
+of the pass medians (``error_vs_median``): this machine is shared (load average 6-12 on 2 cores while this was
+written), a median there measures the other jobs as much as the model, and the calibration fits fastest times for
+the same reason (``host.time_many``). Predicted: ``kernel_table.predict_table`` from the device file of that thread
+count. ``--clock thread-cpu`` (1 thread) measures instead, in this process, the CPU time of the thread the runtime
+computes in (fastest of 15 runs per pass): the time the model itself takes, which other jobs on the machine cannot
+inflate. Nothing here is asserted.
 """
 
 from __future__ import annotations
@@ -82,6 +87,22 @@ def export(name: str, out: Path) -> tuple[Path, Path]:
     return fp32, int8
 
 
+def export_tflite(name: str, out: Path) -> tuple[Path, Path]:
+    """fp32 and int8 .tflite of ``name``, written by edgerep's TFLite backend (``edgerep export`` defaults)."""
+    from edgerep.backends.base import ExportRequest
+    from edgerep.backends.tflite import BACKEND
+
+    fp32, int8 = out / f"{name}.tflite", out / f"{name}_int8.tflite"
+    if fp32.is_file() and int8.is_file():
+        return fp32, int8
+    model, shape = _zoo(name) if name in ZOO else build(name)
+    calib = torch.randn((8, *shape), generator=torch.Generator().manual_seed(0))
+    for precision, path in (("fp32", fp32), ("int8", int8)):
+        BACKEND.export(model, ExportRequest((1, *shape), precision, calib if precision == "int8" else None,
+                                            options={"calibrate_method": "minmax"}), path)
+    return fp32, int8
+
+
 def thread_cpu_ms(path: Path, runs: int = 15, warmup: int = 3) -> tuple[float, float]:
     """(fastest thread-CPU ms, fastest wall ms) of 1-thread runs in this process: onnxruntime with one intra-op
     thread computes in the calling thread, so its CPU time excludes the time other jobs held the core."""
@@ -128,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device-files", required=True, help="comma list of edgerep calibrate outputs (one per threads)")
     p.add_argument("--models", default=",".join([*TEST_NETS, *ZOO]))
+    p.add_argument("--runtime", choices=("onnxruntime", "litert"), default="onnxruntime",
+                   help="onnxruntime: .onnx files (QDQ int8); litert: .tflite files from edgerep's TFLite backend")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--passes", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
@@ -145,12 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.clock == "thread-cpu" and threads != (1,):
         p.error("--clock thread-cpu measures one thread: give --threads 1")
     cals = [load_device_file(f) for f in args.device_files.split(",")]
+    for c in cals:
+        c.check_format("the models", "tflite" if args.runtime == "litert" else "onnx")
     tables = {key: (c, t) for c in cals for key, t in c.tables.items()}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     files = {}
     for name in args.models.split(","):
-        files[name] = export(name, work)
+        files[name] = (export_tflite if args.runtime == "litert" else export)(name, work)
         print(f"exported {name}", file=sys.stderr)
     runs: dict[tuple[str, str], list[dict]] = {}
     loads = []
@@ -176,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             median = statistics.median(r[t][0] for r in runs[(name, prec)])
             measured = min(r[t][1] for r in runs[(name, prec)])
-            row = {"model": name, "source": "zoo" if name in ZOO else "style_nets", "runtime": "onnxruntime",
+            row = {"model": name, "source": "zoo" if name in ZOO else "style_nets", "runtime": args.runtime,
                    "precision": prec, "threads": t, "macs": cost.macs, "measured_ms": round(measured, 3),
                    "measured_median_ms": round(median, 3),
                    "measured_passes_median_min_ms": [[round(v, 3) for v in r[t]] for r in runs[(name, prec)]]}

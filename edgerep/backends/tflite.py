@@ -181,6 +181,13 @@ def _convert_int8(module: nn.Module, name: str, sample: Tensor, images: Tensor, 
     litert-torch 0.10's quantizer refuses a ``None`` module config ("quantization_config == None is not
     supported yet"), so this target has no ``keep_fp`` option.
     """
+    graph, quant_config = pt2e_int8(module, name, sample, images, method, float_output)
+    return _convert(graph, name, sample, quant_config=quant_config)
+
+
+def pt2e_int8(module: nn.Module, name: str, sample: Tensor, images: Tensor, method: str, float_output: bool):
+    """(quantized graph, litert-torch QuantConfig) of ``module`` (input keyword ``name``): what ``_convert_int8``
+    converts; the kernel suite converts many of them in one litert-torch call."""
     require("torchao", "tflite")  # PT2E lives in torchao; without it the import below is a bare traceback
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
     from litert_torch.quantize.quant_config import QuantConfig
@@ -201,7 +208,7 @@ def _convert_int8(module: nn.Module, name: str, sample: Tensor, images: Tensor, 
     # clear the flag directly, which only silences the converter's "converted in training mode" warning.
     for sub in graph.modules():
         sub.training = False
-    return _convert(graph, name, sample, quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    return graph, QuantConfig(pt2e_quantizer=quantizer)
 
 
 def _float_output(graph) -> None:

@@ -13,14 +13,19 @@ EPILOG = """\
 examples:
   edgerep calibrate host -o host.toml                                 # this machine, 1 thread, <= 14 min
   edgerep calibrate host -o host2.toml --threads 2 --budget 15
+  edgerep calibrate host -o host_litert.toml --runtime litert        # LiteRT (XNNPACK): .tflite suite
   edgerep calibrate ssh://pi@raspberrypi.local -o pi5.toml --identity ~/.ssh/id_ed25519
   edgerep profile model.onnx --device host.toml                       # then predict any model from it
+  edgerep profile model.tflite --device host_litert.toml              # (a file of the device file's runtime)
 
 The suite holds single-kernel and small-block models (convs by kernel, stride and group width, RGB stems,
 depthwise 3x3/5x5 s1/s2, pointwise s1/s2, fc, ReLU / hard-swish / sigmoid / hard-sigmoid / GELU / tanh / SiLU,
 add, mul, per-channel mul, squeeze-excite, pools, concat / pad / transpose / split / slice / resize copies,
 run-time shape arithmetic) over sampled shapes, in fp32 and QDQ int8; chains of 1, 2 or 4 copies separate a
-kernel's own cost from the per-run cost. Each is
+kernel's own cost from the per-run cost. --runtime litert builds the same kernels (less shape arithmetic,
+reduce-mean, lone ReLU and SiLU, which litert-torch files do not hold as ops of their own) as .tflite files with
+litert-torch: NHWC, fused activations, fp32 and full-integer int8 (PT2E, per-channel weights), cached under
+~/.cache/edgerep/litert-suite for the next device. Each is
 timed through the runner `edgerep profile` uses on that device; per-kernel regressors are fitted and written
 with the runtime's and edgerep's versions and the CPU. Timings are cached in OUT.partial.json after every
 batch: run the same command again after an interruption and it resumes. The device file is written once,
@@ -32,15 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="time edgerep's kernel suite on a device; write a device file to predict with",
                        description="Calibrate a device for latency prediction with edgerep's own kernel suite.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("device", help="host, ssh://user@host[:port] (adb: devices run .tflite only: not yet)")
+    p.add_argument("device", help="host or ssh://user@host[:port] (adb: not yet; a phone through ssh)")
     p.add_argument("-o", "--output", required=True, help="device file to write (.toml)")
     p.add_argument("--runtime", default="onnxruntime", choices=("onnxruntime", "litert"),
-                   help="runtime to calibrate (onnxruntime; litert is refused for now: the suite is ONNX)")
+                   help="runtime to calibrate: onnxruntime (.onnx suite) or litert (.tflite suite); predicts "
+                   "files of that runtime only")
     p.add_argument("--threads", type=int, default=1, help="threads (default 1)")
     p.add_argument("--budget", type=float, default=14.0, metavar="MINUTES",
-                   help="time budget for the timings (default 14); suite models are covered round-robin")
-    p.add_argument("--per-kernel", type=int, default=20,
-                   help="sampled shapes per kernel (default 20: 1480 models, ~14 min on one x86 core)")
+                   help="time budget for building and timing (default 14); suite models are covered "
+                   "round-robin")
+    p.add_argument("--per-kernel", type=int,
+                   help="sampled shapes per kernel (default: onnxruntime 20: 1480 models, ~14 min on one x86 core; "
+                   "litert 4: 248 models, 13 min the first time, mostly litert-torch building them, cached after)")
     p.add_argument("--kernels", help="comma list of suite kernels to time (default: all; e.g. pointwise,add)")
     p.add_argument("--identity", help="ssh only: private key file")
     p.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
@@ -71,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
     for f in fits:
         print(f"  {f['precision']} @ {f['threads']} thread(s): {f['models']} suite models, {f['kernels']} kernels, "
               f"median fit error on the suite {f['median_abs_error_on_suite']:.1%}")
-    print(f"predict with: edgerep profile MODEL.onnx --device {path} --threads {args.threads}")
+    suffix = ".tflite" if cal.runtime == "litert" else ".onnx"
+    print(f"predict with: edgerep profile MODEL{suffix} --device {path} --threads {args.threads}")
     return 0

@@ -187,9 +187,7 @@ def _predict_calibrated(args: argparse.Namespace) -> int:
         raise BadInputError("a calibrated-device prediction takes one --threads value and no --cores")
     cal = load_device_file(args.device)
     cost = graph_cost(args.artifact)
-    if cost.format == "coreml":
-        raise BadInputError(f"{args.device} holds {cal.runtime} kernel timings, which say nothing about Core ML; "
-                            "predict a .mlpackage for a device profile (e.g. --device iphone12pro)")
+    cal.check_format(args.artifact, cost.format)
     tab = cal.table(cost.precision, threads[0])
     pred = predict_table(cost, tab)
     if args.json:

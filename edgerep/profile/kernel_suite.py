@@ -42,6 +42,19 @@ KERNELS = (
     "act:silu", "conv7x7s2", "pointwise_s2",
 )
 
+LITERT_LEFT_OUT = {
+    "shape": "a .tflite file has static shapes: no shape arithmetic runs at inference",
+    "pool:reduce": "a mean over H and W is the MEAN op of global pooling in TFLite (timed as pool:global)",
+    "act:relu": "litert-torch fuses a ReLU into the conv before it (a RELU it leaves alone, 4 in the zoo's fp32 "
+                "resnet18, is costed with another activation's regressor, and the prediction says so)",
+    "act:silu": "litert-torch writes x * sigmoid(x) as LOGISTIC + MUL (timed as act:sigmoid and mul)",
+    "act:hardsigmoid": "litert-torch writes it as ADD (fused ReLU6) + MUL (timed as add and mul)",
+    "copy:split": "litert-torch writes a split as SLICE ops (timed as copy:slice)",
+}
+"""Kernels the LiteRT suite leaves out: they have no op of their own in a litert-torch file."""
+SUITES = {"onnxruntime": KERNELS, "litert": tuple(k for k in KERNELS if k not in LITERT_LEFT_OUT)}
+"""The suite kernels of each runtime ``edgerep calibrate`` calibrates."""
+
 CHAINED = frozenset(("conv3x3s1", "gconv3x3s1", "pointwise", "depthwise3x3s1", "depthwise5x5s1", "act:relu",
                      "act:hardswish", "act:sigmoid", "act:hardsigmoid", "act:gelu", "act:tanh", "add", "mul",
                      "mul_broadcast", "block:se", "shape", "act:silu"))

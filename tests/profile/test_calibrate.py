@@ -167,7 +167,8 @@ def test_profile_with_device_file_json(device_text, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["calibrate", "host", "-o", "x.json"], "a device file is TOML"),
-    (["calibrate", "host", "-o", "x.toml", "--runtime", "litert"], "calibrates onnxruntime only"),
+    (["calibrate", "host", "-o", "x.toml", "--runtime", "litert", "--kernels", "pool:reduce"],
+     "not in the litert suite"),
     (["calibrate", "nowhere", "-o", "x.toml"], "unknown device 'nowhere'"),
     (["calibrate", "host", "-o", "x.toml", "--budget", "0"], "minutes > 0"),
     (["calibrate", "host", "-o", "x.toml", "--kernels", "conv9x9"], "unknown suite kernel 'conv9x9'"),

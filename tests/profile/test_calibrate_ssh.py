@@ -36,3 +36,23 @@ def test_calibrate_remote_runtime_missing(sshd, tmp_path, capsys):  # noqa: F811
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "onnxruntime is not installed" in err
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_calibrate_litert_over_ssh_then_profile(sshd, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """The .tflite suite timed by the device's ai-edge-litert over ssh, then a .tflite predicted from it."""
+    pytest.importorskip("litert_torch")
+    from edgerep.profile.kernel_suite_tflite import build_tflite
+
+    monkeypatch.setenv("EDGEREP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "remote_litert.toml"
+    argv = ["calibrate", sshd["url"], "-o", str(out), "--runtime", "litert", "--kernels", "pointwise,add",
+            "--per-kernel", "2", "--budget", "5", "--json", *ssh_cli_args(sshd)]
+    assert main(argv) == 0, capsys.readouterr().err
+    d = json.loads(capsys.readouterr().out)
+    assert d["runtime"] == "litert" and d["fits"][0]["models"] == 4
+    spec = sample_specs(1, seed=5, kernels=("pointwise",))[0]
+    tflite = build_tflite([(spec, "int8")], tmp_path)[(spec, "int8")]
+    assert main(["profile", str(tflite), "--device", str(out), "--json"]) == 0
+    p = json.loads(capsys.readouterr().out)
+    assert p["latency_ms"] > 0 and p["precision"] == "int8"
