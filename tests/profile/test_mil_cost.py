@@ -228,12 +228,11 @@ def test_unknown_op_is_named_not_a_silent_zero(tmp_path):
 
 
 def test_device_file_kernel_tables_refuse_core_ml(small, capsys, monkeypatch):
-    from types import SimpleNamespace
-
     import edgerep.profile.calibrate as calibrate
 
+    phone = calibrate.Calibrated("phone", Path("phone.toml"), "onnxruntime", "1.32.0", "0.1.0", "cpu", {})
     monkeypatch.setattr(calibrate, "is_device_file", lambda device: device == "phone.toml")
-    monkeypatch.setattr(calibrate, "load_device_file", lambda device: SimpleNamespace(runtime="onnxruntime"))
+    monkeypatch.setattr(calibrate, "load_device_file", lambda _: phone)
     assert main(["profile", str(small[1]["fp32"]), "--device", "phone.toml"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "onnxruntime kernel timings" in err and "iphone12pro" in err
