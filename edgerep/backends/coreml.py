@@ -178,7 +178,8 @@ def _converted(model: nn.Module, shape: tuple[int, ...], source: str, target: st
         other = "export" if source == "trace" else "trace"
         raise conversion_error(
             "coreml", f"coremltools {ct.__version__} (source={source}, {target})", exc, _OP_PATTERNS, model,
-            torch.zeros(shape), f"replace or remove the layer, try --option source={other}, or export to another target",
+            torch.zeros(shape),
+            f"replace or remove the layer, try --option source={other}, or export to another target",
         ) from exc
 
 
@@ -223,8 +224,8 @@ def _quantize_activations(mlmodel, calibration: torch.Tensor, floats: tuple[str,
 
     Ranges are taken over all calibration images by ``method`` (``activation_ranges``; coremltools 9's own
     calibration keeps only the last sample's range: its ``record_intermediate_output`` overwrites before it
-    compares). The inputs and output
-    of each concat share one range, as coremltools does, so a quantized concat needs no requantization.
+    compares). The inputs and output of each concat share one range, as coremltools does, so a quantized concat
+    needs no requantization.
     The ops named in ``floats`` get no pair of their own (``op_name_configs`` None: the prefix pass skips them),
     and ``_FloatInputs`` then feeds them past the pair the suffix pass put after the quantized op before them.
     ``scheme`` is an ``_ACTIVATION_MODES`` key; ``float_output`` removes the pair that rounds the program's output.
