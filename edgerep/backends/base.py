@@ -4,13 +4,15 @@ A backend turns a *deploy-form* PyTorch model into an artifact file and runs an 
 It knows nothing of checkpoints, validation thresholds, manifests or the CLI: ``edgerep.export.pipeline``
 orchestrates those, so adding a target is one backend module plus one ``targets/<name>.toml``.
 
-``conversion_error`` is what every backend raises when its converter fails: one line naming the user's
-layer (module path and class) and the op the converter refused, with the converter's reason and a fix.
+``conversion_error`` is what every backend raises (inside ``explained``) when its converter fails: one line naming
+the user's layer (module path and class) and the op the converter refused, with the converter's reason and a fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..errors import BadInputError
+from ..errors import BadInputError, EdgerepError
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,19 @@ class Backend(Protocol):
 
 class UnsupportedLayerError(BadInputError):
     """A target's converter cannot convert some layer of the model; the message names the layer and the op."""
+
+
+@contextlib.contextmanager
+def explained(
+    target: str, converter: str, op_patterns: tuple[str, ...], model: nn.Module, example: Tensor, fix: str
+) -> Iterator[None]:
+    """Run a converter: its failure becomes ``conversion_error``'s one line (edgerep's own errors pass through)."""
+    try:
+        yield
+    except EdgerepError:
+        raise
+    except Exception as exc:
+        raise conversion_error(target, converter, exc, op_patterns, model, example, fix) from exc
 
 
 def conversion_error(

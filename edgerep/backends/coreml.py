@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import BadInputError, EdgerepError, require
+from ..errors import BadInputError, require
 from ..quant import check_calibration, from_options
 from ..quant.calibration import HISTOGRAM_BINS, PERCENTILE, percentile_bound
-from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, explained
 from .mil_eval import MilEvaluator, load_program, op_types, program_of
 
 INPUT_NAME = "input"
@@ -170,17 +170,11 @@ def _batched(predict, batch: int, inputs: np.ndarray, where: str) -> np.ndarray:
 
 def _converted(model: nn.Module, shape: tuple[int, ...], source: str, target: str, compute: str):
     """``_convert``, with a failure turned into one line naming the layer and op coremltools could not convert."""
-    try:
+    other = "export" if source == "trace" else "trace"
+    with explained("coreml", f"coremltools {ct.__version__} (source={source}, {target})", _OP_PATTERNS, model,
+                   torch.zeros(shape),
+                   f"replace or remove the layer, try --option source={other}, or export to another target"):
         return _convert(model, shape, source, target, compute)
-    except EdgerepError:
-        raise
-    except Exception as exc:
-        other = "export" if source == "trace" else "trace"
-        raise conversion_error(
-            "coreml", f"coremltools {ct.__version__} (source={source}, {target})", exc, _OP_PATTERNS, model,
-            torch.zeros(shape),
-            f"replace or remove the layer, try --option source={other}, or export to another target",
-        ) from exc
 
 
 def _convert(model: nn.Module, shape: tuple[int, ...], source: str, target: str, compute: str):

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadInputError, EdgerepError, require
+from ..errors import BadInputError, require
 from ..quant import check_calibration, from_options
-from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, explained
 
 INPUT_NAME = "input"  # a .pte has positional inputs; the name is what the manifest calls input 0
 OUTPUT_NAME = "output"
@@ -54,23 +54,16 @@ class ExecuTorchBackend:
         """Write ``model`` as an XNNPACK-delegated .pte program at ``path`` in the requested precision."""
         example = torch.zeros(request.input_shape)
         quant: dict = {}
-        try:
-            with _quiet():
-                if request.precision == "int8":
-                    graph, quant = _quantize(model.eval(), example, request)
-                else:
-                    graph = model.eval()
-                exported = torch.export.export(graph, (example,))
-                edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-                delegated, portable = _op_split(edge.exported_program().graph_module)  # before memory planning
-                program = edge.to_executorch()
-        except EdgerepError:
-            raise
-        except Exception as exc:  # one line naming the layer and op ExecuTorch could not lower
-            raise conversion_error(
-                "executorch", f"executorch {_version()} (XNNPACK)", exc, _OP_PATTERNS, model, example,
-                "replace or remove the layer, or export to another target (onnx, tflite, coreml)",
-            ) from exc
+        with explained("executorch", f"executorch {_version()} (XNNPACK)", _OP_PATTERNS, model, example,
+                       "replace or remove the layer, or export to another target (onnx, tflite, coreml)"), _quiet():
+            if request.precision == "int8":
+                graph, quant = _quantize(model.eval(), example, request)
+            else:
+                graph = model.eval()
+            exported = torch.export.export(graph, (example,))
+            edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+            delegated, portable = _op_split(edge.exported_program().graph_module)  # before memory planning
+            program = edge.to_executorch()
         path.write_bytes(program.buffer)
         notes = [f"XNNPACK delegate: {delegated} subgraph(s); batch {request.input_shape[0]}"]
         if portable:

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadInputError, EdgerepError, require
+from ..errors import BadInputError, require
 from ..proof.numerics import closeness
 from ..quant import calibration, check_calibration, from_options
-from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, explained
 
 AUTO_IMAGES = 64  # calibration images on which reduce_range=auto compares 8-bit and 7-bit weights
 INPUT_NAME = "input"
@@ -117,18 +117,11 @@ class OnnxBackend:
 
 def _export_or_explain(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int, exporter: str) -> None:
     """``_torch_export``; an exporter failure becomes one line naming the layer and op it could not export."""
-    try:
+    other = "torchscript" if exporter == "dynamo" else "dynamo"
+    with explained("onnx", f"torch.onnx.export ({exporter} exporter, opset {opset})", _OP_PATTERNS, model,
+                   torch.zeros(shape), f"replace or remove the layer, try --option exporter={other} or a higher"
+                   " --option opset, or export to another target"):
         _torch_export(model, shape, path, opset, exporter)
-    except EdgerepError:
-        raise
-    except Exception as exc:
-        other = "torchscript" if exporter == "dynamo" else "dynamo"
-        raise conversion_error(
-            "onnx", f"torch.onnx.export ({exporter} exporter, opset {opset})", exc, _OP_PATTERNS, model,
-            torch.zeros(shape),
-            f"replace or remove the layer, try --option exporter={other} or a higher --option opset,"
-            " or export to another target",
-        ) from exc
 
 
 def _torch_export(model: nn.Module, shape: tuple[int, ...], path: Path, opset: int, exporter: str) -> None:

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadInputError, EdgerepError, require
+from ..errors import BadInputError, require
 from ..quant import calibration, check_calibration, from_options
-from .base import ExportInfo, ExportRequest, InputSpec, conversion_error
+from .base import ExportInfo, ExportRequest, InputSpec, explained
 
 NCHW_INPUT = "image"
 NHWC_INPUT = "image_nhwc"
@@ -101,7 +101,8 @@ class TFLiteBackend:
         name = NHWC_INPUT if nhwc else NCHW_INPUT
         notes = [f"{request.layout.upper()} input, batch 1"]
 
-        try:
+        with explained("tflite", "litert-torch", _OP_PATTERNS, model, torch.zeros(request.input_shape),
+                       "replace or remove the layer, or export to another target (onnx, coreml)"):
             if request.precision == "int8":
                 calib = request.calibration.float()
                 method = opts.get("calibrate_method", "mse")
@@ -112,13 +113,6 @@ class TFLiteBackend:
                              + ("float32 output (the last layer dequantizes)" if float_output else "int8 output"))
             else:
                 edge = _convert(wrapped, name, sample)
-        except EdgerepError:
-            raise
-        except Exception as exc:  # one line naming the layer and op litert-torch could not convert
-            raise conversion_error(
-                "tflite", "litert-torch", exc, _OP_PATTERNS, model, torch.zeros(request.input_shape),
-                "replace or remove the layer, or export to another target (onnx, coreml)",
-            ) from exc
         with tempfile.TemporaryDirectory(prefix="edgerep-tflite-") as tmp:
             fp32 = Path(tmp) / "model.tflite"
             with _quiet():
